@@ -1,0 +1,25 @@
+"""The `unirec` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import typer
+
+from unirec.infra_cli import infra_app
+from unirec.logs import configure_logging
+from unirec.settings import CommonSettings
+
+app = typer.Typer(
+    help="unirec: streaming online training over one unified embedding table.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(infra_app, name="infra")
+
+
+@app.callback()
+def main() -> None:
+    configure_logging(CommonSettings().log_level)
+
+
+if __name__ == "__main__":
+    app()
