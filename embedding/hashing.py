@@ -1,0 +1,123 @@
+"""Hashing of raw feature values into rows of an embedding table.
+
+Two stages, both vectorised:
+
+1. `fingerprint`: a raw value (int or str, coerced to the feature's dtype) becomes a 64-bit
+   fingerprint. Ints go through the splitmix64 finaliser (numpy, bijective on 64 bits, so distinct
+   ints never collide here); strings through SipHash-2-4 of their UTF-8 bytes with a fixed key
+   (pandas' `hash_array`, C code). Both are pure functions of the value: identical across
+   processes, machines and Python hash randomisation.
+2. `UniversalHash`: the Carter-Wegman 2-universal family `h(x) = ((a*x + b) mod p) mod m` with the
+   Mersenne prime p = 2^61 - 1, evaluated in int64 torch arithmetic with 31/30-bit limbs so it
+   runs inside modules (and on GPU). Each feature (or seed group) draws its own (a, b) from its
+   seed, which is what makes equal tokens of different features land in different rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pandas.util import hash_array
+
+MERSENNE_61 = (1 << 61) - 1
+_SIPHASH_KEY = "unirec-sip-key-0"  # 16 bytes: part of the on-wire contract, never change it
+_M64 = (1 << 64) - 1
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on a uint64 array (wrapping arithmetic, bijective)."""
+    z = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def fingerprint(values: Sequence[object] | np.ndarray, dtype: str) -> np.ndarray:
+    """64-bit fingerprints (as int64 bit patterns) of raw values of one feature.
+
+    `dtype` is the feature's declared type: "int" coerces each value with int() ("7" -> 7),
+    "str" with str() (7 -> "7"). Raises ValueError naming the first value that does not coerce.
+    """
+    if dtype == "int":
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "iu":
+            try:
+                arr = arr.astype(np.int64)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise ValueError(f"feature values must be integers; got {_first_bad_int(values)!r}") from exc
+        return splitmix64(arr.astype(np.int64).view(np.uint64)).view(np.int64)
+    if dtype == "str":
+        arr = np.asarray(values, dtype=object)
+        if arr.size and not all(type(v) is str for v in arr):
+            arr = np.array([str(v) for v in arr], dtype=object)
+        return hash_array(arr, hash_key=_SIPHASH_KEY, categorize=False).view(np.int64)
+    raise ValueError(f"dtype must be 'int' or 'str', got {dtype!r}")
+
+
+def _first_bad_int(values: Sequence[object] | np.ndarray) -> object:
+    for value in values:
+        try:
+            int(value)  # type: ignore[call-overload]
+        except (ValueError, TypeError):
+            return value
+    return None
+
+
+def derive_seed(*parts: str | int) -> int:
+    """A 64-bit seed derived from names and numbers (stable across runs and machines)."""
+    text = "\x1f".join(str(p) for p in parts)
+    digest = hash_array(np.array([text], dtype=object), hash_key=_SIPHASH_KEY, categorize=False)[0]
+    return int(digest)
+
+
+@dataclass(frozen=True)
+class UniversalHash:
+    """h(x) = ((a*x + b) mod p) mod m with p = 2^61 - 1, 1 <= a < p, 0 <= b < p."""
+
+    a: int
+    b: int
+    m: int
+
+    @classmethod
+    def from_seed(cls, seed: int, m: int) -> UniversalHash:
+        if m < 1:
+            raise ValueError(f"hash range m must be >= 1, got {m}")
+        s1, s2 = splitmix64(np.array([seed & _M64, (seed + 1) & _M64], dtype=np.uint64)).tolist()
+        return cls(a=1 + s1 % (MERSENNE_61 - 1), b=s2 % MERSENNE_61, m=m)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows in [0, m) for int64 fingerprints `x` (any shape)."""
+        return mod_mersenne61(mul_mod_mersenne61(mod_mersenne61_u64(x), self.a) + self.b) % self.m
+
+    def reference(self, x: int) -> int:
+        """The same function with Python integers, for tests."""
+        return ((self.a * (x & _M64) + self.b) % MERSENNE_61) % self.m
+
+
+def mod_mersenne61_u64(x: torch.Tensor) -> torch.Tensor:
+    """x mod p for int64 tensors read as unsigned 64-bit integers; result in [0, p)."""
+    low = x & MERSENNE_61
+    high = (x >> 61) & 7  # the top three bits, without sign extension
+    return mod_mersenne61(low + high)
+
+
+def mod_mersenne61(x: torch.Tensor) -> torch.Tensor:
+    """x mod p for 0 <= x < 2^63."""
+    x = (x & MERSENNE_61) + (x >> 61)
+    return torch.where(x >= MERSENNE_61, x - MERSENNE_61, x)
+
+
+def mul_mod_mersenne61(x: torch.Tensor, a: int) -> torch.Tensor:
+    """(a * x) mod p for 0 <= x, a < p without overflowing int64: split both into 31/30-bit limbs."""
+    a0, a1 = a & ((1 << 31) - 1), a >> 31
+    x0, x1 = x & ((1 << 31) - 1), x >> 31
+    high = (a1 * x1) << 1  # a1*x1*2^62 = 2*a1*x1 (mod p), < 2^61
+    mid = a1 * x0 + a0 * x1  # < 2^62
+    mid = (mid >> 30) + ((mid & ((1 << 30) - 1)) << 31)  # mid*2^31 (mod p), < 2^61 + 2^32
+    low = mod_mersenne61(a0 * x0)  # a0*x0 < 2^62
+    return mod_mersenne61(high + mid + low)
