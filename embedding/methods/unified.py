@@ -1,0 +1,121 @@
+"""Unified embedding (feature multiplexing): ONE table of M rows shared by all features.
+
+Feature t (or its seed group) maps fingerprint x to row h_{t,j}(x) for each of its k lookups j,
+with a 2-universal hash per (group, j); the k rows are concatenated, so a feature's width is k*d.
+Equal tokens of different features land in different rows unless the features share a seed group.
+
+Storage: the M logical rows may be stored as `num_blocks` contiguous row blocks, each a TorchRec
+table (row r lives in block r // ceil(M/B) at offset r % ceil(M/B)). Each lookup is routed to its
+block and the pooled partial sums are added back, so the method is exactly the same for any B
+(sum pooling is linear). Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
+table-wise sharding of blocks spreads the one logical table over ranks like row-wise sharding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from embedding.hashing import UniversalHash, derive_seed
+from embedding.methods.base import EmbeddingMethod, register
+from embedding.schema import FeatureSchema
+
+
+def lookup_keys(schema: FeatureSchema) -> list[tuple[str, int]]:
+    """(feature, lookup index) pairs in output order."""
+    return [(spec.name, j) for spec in schema.sparse for j in range(spec.lookups)]
+
+
+@register
+class UnifiedEmbedding(EmbeddingMethod):
+    method = "unified"
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        num_rows: int,
+        num_blocks: int = 1,
+        seed: int = 0,
+        init_std: float = 0.01,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(schema)
+        if num_rows < num_blocks or num_blocks < 1:
+            raise ValueError(f"need 1 <= num_blocks <= num_rows, got num_blocks={num_blocks} num_rows={num_rows}")
+        self.num_rows = num_rows
+        self.num_blocks = num_blocks
+        self.seed = seed
+        self.init_std = init_std
+        self.dim = schema.embedding_dim
+        self.block_rows = math.ceil(num_rows / num_blocks)
+        self._keys = lookup_keys(schema)
+        self.hashes = [self.hash_for(name, j) for name, j in self._keys]
+        key_names = [f"{name}@{j}" for name, j in self._keys]
+        tables = []
+        for b in range(num_blocks):
+            rows = min(self.block_rows, num_rows - b * self.block_rows)
+            tables.append(
+                EmbeddingBagConfig(
+                    name=self.table_name(b),
+                    num_embeddings=rows,
+                    embedding_dim=self.dim,
+                    feature_names=[f"{key}#{b}" for key in key_names],
+                    pooling=PoolingType.SUM,
+                    init_fn=lambda w, std=init_std: torch.nn.init.normal_(w, 0.0, std),
+                )
+            )
+        self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
+        self._block_keys = [f"{key}#{b}" for key in key_names for b in range(num_blocks)]
+
+    @staticmethod
+    def table_name(block: int) -> str:
+        return f"unified_{block}"
+
+    def hash_for(self, feature: str, lookup: int) -> UniversalHash:
+        group = self.schema.feature(feature).group
+        return UniversalHash.from_seed(derive_seed("unified", self.seed, group, lookup), self.num_rows)
+
+    def config(self) -> dict[str, Any]:
+        return {"num_rows": self.num_rows, "num_blocks": self.num_blocks, "seed": self.seed, "init_std": self.init_std}
+
+    def rows(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logical rows of every lookup, key-major in `lookup_keys` order, and the matching lengths."""
+        values, lengths = [], []
+        for (name, _), hasher in zip(self._keys, self.hashes, strict=True):
+            jagged = features[name]
+            values.append(hasher(jagged.values()))
+            lengths.append(jagged.lengths())
+        return torch.cat(values), torch.cat(lengths)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        rows, lengths = self.rows(features)
+        batch = features.stride()
+        n_keys, n_blocks = len(self._keys), self.num_blocks
+        if n_blocks == 1:
+            routed = KeyedJaggedTensor(keys=self._block_keys, values=rows, lengths=lengths)
+        else:
+            # route each row to its block; group values by (key, block) keeping bag order inside
+            bag = torch.repeat_interleave(torch.arange(n_keys * batch), lengths)  # key*batch + example
+            block = torch.div(rows, self.block_rows, rounding_mode="floor")
+            key = torch.div(bag, batch, rounding_mode="floor")
+            group = key * n_blocks + block
+            order = torch.argsort(group, stable=True)
+            slot = (group * batch + (bag - key * batch))[order]
+            routed = KeyedJaggedTensor(
+                keys=self._block_keys,
+                values=(rows - block * self.block_rows)[order],
+                lengths=torch.bincount(slot, minlength=n_keys * n_blocks * batch),
+            )
+        pooled = self.ebc(routed).values()  # [batch, blocks * keys * d], table (block) major
+        pooled = pooled.view(batch, n_blocks, n_keys * self.dim).sum(dim=1)
+        per_feature = list(torch.split(pooled, [self.schema.width(s.name) for s in self.schema.sparse], dim=1))
+        divisors = self.mean_divisors(features)
+        for i, spec in enumerate(self.schema.sparse):
+            if spec.name in divisors:
+                per_feature[i] = per_feature[i] / divisors[spec.name]
+        return self.output(per_feature)
