@@ -1,0 +1,35 @@
+"""`unirec train`: one rank in this process, or N ranks under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import typer
+
+from unirec.infra import free_port
+
+
+def train_command(
+    nproc: int = typer.Option(1, "--nproc", "-n", min=1, help="Ranks on this machine (torchrun when > 1)."),
+    schema: str = typer.Option(None, help="Feature schema name or YAML path (UNIREC_TRAINER_SCHEMA)."),
+    topic: str = typer.Option(None, help="Events topic (UNIREC_TRAINER_TOPIC)."),
+    stop_at_end: bool = typer.Option(False, help="Stop with a final checkpoint once the topic is drained."),
+) -> None:
+    """Consume events from Kafka and train continuously; settings from UNIREC_TRAINER_* variables."""
+    env = dict(os.environ)
+    if schema:
+        env["UNIREC_TRAINER_SCHEMA"] = schema
+    if topic:
+        env["UNIREC_TRAINER_TOPIC"] = topic
+    if stop_at_end:
+        env["UNIREC_TRAINER_STOP_AT_END"] = "true"
+    if nproc == 1:
+        argv = [sys.executable, "-m", "trainer.main"]
+    else:
+        argv = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "trainer.main",
+        ]  # fmt: skip
+    raise typer.Exit(subprocess.call(argv, env=env))

@@ -1,0 +1,93 @@
+"""Process group, sharding plan and optimisers for the model.
+
+On CPU the planner may choose what fbgemm's CPU kernels support (table-wise, column-wise, data
+parallel); the unified table is stored as row blocks, so table-wise placement of blocks spreads one
+logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL).
+The sparse optimiser (row-wise Adagrad) runs fused in backward; dense parameters use Adam.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from embedding.model import DCNModel
+from unirec.infra import free_port
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(prefer_cuda: bool = True) -> DistContext:
+    """Join the torchrun process group, or make a one-process group when run without torchrun."""
+    use_cuda = prefer_cuda and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    rank = dist.get_rank()
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return DistContext(rank=rank, world_size=dist.get_world_size(), device=device, backend=backend)
+
+
+def table_constraints(model: DCNModel, device: torch.device) -> dict[str, ParameterConstraints]:
+    sharding = ShardingType.ROW_WISE if device.type == "cuda" else ShardingType.TABLE_WISE
+    names = [
+        cfg.name
+        for module in model.modules()
+        if isinstance(module, EmbeddingBagCollection)
+        for cfg in module.embedding_bag_configs()
+    ]
+    return {
+        name: ParameterConstraints(
+            sharding_types=[sharding.value], compute_kernels=[EmbeddingComputeKernel.FUSED.value]
+        )
+        for name in names
+    }
+
+
+def shard_model(
+    model: DCNModel, ctx: DistContext, sparse_lr: float, dense_lr: float
+) -> tuple[DistributedModelParallel, torch.optim.Optimizer, ShardingPlan]:
+    """Fused row-wise Adagrad on every embedding table, DMP over the planner's plan, Adam for the rest."""
+    tables = model.sparse_table_parameters()
+    if tables:
+        apply_optimizer_in_backward(RowWiseAdagrad, tables, {"lr": sparse_lr})
+    sharders = [EmbeddingBagCollectionSharder()]
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=ctx.world_size, compute_device=ctx.device.type),
+        constraints=table_constraints(model, ctx.device),
+    )
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=sharders)
+    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense_opt = torch.optim.Adam(dense.values(), lr=dense_lr)
+    return dmp, dense_opt, plan

@@ -1,0 +1,7 @@
+"""Trainer errors."""
+
+from unirec.errors import UnirecError
+
+
+class TrainerError(UnirecError):
+    """The trainer cannot go on (bad checkpoint, missing topic, offsets moving backwards, ...)."""

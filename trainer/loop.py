@@ -1,0 +1,272 @@
+"""The training loop: poll -> decode -> batch -> score (progressive validation) -> step ->
+maybe checkpoint / export -> metrics. One loop, one file, no callback framework.
+
+Run: `unirec train` (one rank) or `torchrun --nproc_per_node N -m trainer.main`.
+
+Ranks step in lockstep (DistributedModelParallel's collectives need it): every iteration they agree,
+with two tiny all-reduces, on how many events they hold, whether to stop, checkpoint or export.
+Batches are padded to `batch_size` with empty, zero-weight examples, so a rank without data still
+takes part in the collective step without changing the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from embedding.events import FeatureBatch, Featurizer
+from embedding.model import ModelConfig, build_model
+from embedding.schema import FeatureSchema, load_schema
+from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.distributed import DistContext, init_distributed, shard_model
+from trainer.errors import TrainerError
+from trainer.ingest import Batch, KafkaIngest
+from trainer.progressive import ProgressiveMetrics
+from trainer.settings import TrainerSettings
+from trainer.telemetry import TrainerMetrics
+from unirec.logs import get_logger, log_event
+
+log = get_logger("trainer")
+
+
+def model_config(settings: TrainerSettings) -> ModelConfig:
+    return ModelConfig(
+        method=settings.method,
+        method_args=settings.method_args,
+        dense_arch=settings.dense_arch,
+        cross_layers=settings.cross_layers,
+        over_arch=settings.over_arch,
+        seed=settings.seed,
+    )
+
+
+def pad_batch(features: FeatureBatch, size: int) -> tuple[KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad to `size` examples with empty bags, zero dense features, label 0 and weight 0."""
+    n = len(features)
+    if n > size:
+        raise TrainerError(f"batch of {n} events exceeds batch_size {size}")
+    kjt = features.sparse
+    keys = kjt.keys()
+    lengths = kjt.lengths().view(len(keys), n)
+    padded_lengths = torch.zeros(len(keys), size, dtype=lengths.dtype)
+    padded_lengths[:, :n] = lengths
+    sparse = KeyedJaggedTensor(keys=keys, values=kjt.values(), lengths=padded_lengths.reshape(-1))
+    dense = torch.zeros(size, features.dense.shape[1])
+    dense[:n] = features.dense
+    labels = torch.zeros(size)
+    if features.labels is not None:
+        labels[:n] = features.labels
+    weights = torch.zeros(size)
+    weights[:n] = 1.0
+    return sparse, dense, labels, weights
+
+
+class Trainer:
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.settings = settings
+        self.ctx: DistContext = init_distributed()
+        torch.set_num_threads(settings.threads or max(1, (torch.get_num_threads()) // self.ctx.world_size))
+        self.schema: FeatureSchema = load_schema(settings.schema_name)
+        self.config = model_config(settings)
+        self.featurizer = Featurizer(self.schema)
+        self.model, self.dense_opt, self.plan = shard_model(
+            build_model(self.schema, self.config), self.ctx, settings.sparse_lr, settings.dense_lr
+        )
+        self.metrics = TrainerMetrics(self.ctx.rank)
+        self.progressive = ProgressiveMetrics(settings.auc_window)
+        self.step = 0
+        self.events = 0
+        """Events this rank trained on since start; `events_base` is the global count of the checkpoint."""
+        self.events_base = 0
+        self.watermark_ms = 0
+        self.offsets: dict[int, int] = {}
+        self._stop_requested = False
+        self._empty = self.featurizer([])
+        self._predictions: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        s = self.settings
+        log_event(log, "start", rank=self.ctx.rank, world=self.ctx.world_size, settings=s.model_dump(mode="json"))
+        resumed = self._resume()
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_port + self.ctx.rank)
+        with contextlib.ExitStack() as stack:
+            self.ingest = KafkaIngest(
+                bootstrap=s.kafka_bootstrap,
+                topic=s.topic,
+                dlq_topic=s.dlq,
+                featurizer=self.featurizer,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+                batch_size=s.batch_size,
+                max_wait_ms=s.max_wait_ms,
+                prefetch_batches=s.prefetch_batches,
+                metrics=self.metrics,
+                start_offsets=resumed.offsets if resumed else None,
+                start_from=s.start_from,
+            )
+            stack.callback(self.ingest.stop)
+            self.offsets = self.ingest.positions()
+            self.n_partitions = len(self.ingest.consumer.partitions_for_topic(s.topic) or ())
+            if s.predictions_log:
+                path = Path(f"{s.predictions_log}.rank{self.ctx.rank}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._predictions = stack.enter_context(open(path, "a", buffering=1))
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._request_stop)
+            self.ingest.start()
+            self._loop()
+            self._checkpoint()  # a clean stop always leaves a final checkpoint
+        log_event(log, "stopped", rank=self.ctx.rank, step=self.step, events=self.events, **self.progressive.snapshot())
+        return 0
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        log_event(log, "stop_requested", signal=signal.Signals(signum).name)
+        self._stop_requested = True
+
+    def _resume(self) -> CheckpointMeta | None:
+        path = latest_checkpoint(self.settings.checkpoints)
+        if path is None:
+            log_event(log, "no_checkpoint", directory=str(self.settings.checkpoints), start=self.settings.start_from)
+            return None
+        meta = load_checkpoint(path, self.model, self.dense_opt)
+        if meta.schema != self.schema.model_dict() or meta.model != self.config.model_dump(mode="json"):
+            raise TrainerError(
+                f"checkpoint {path} was written for another schema or model config; "
+                "point UNIREC_TRAINER_CHECKPOINT_DIR elsewhere or delete it"
+            )
+        self.step, self.events_base, self.watermark_ms = meta.step, meta.events, meta.watermark_ms
+        log_event(log, "resumed", checkpoint=str(path), step=meta.step, events=meta.events, offsets=meta.offsets)
+        return meta
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        s = self.settings
+        clock = CheckpointClock(s.checkpoint_every_s, s.checkpoint_every_events)
+        idle_since: float | None = None
+        last_log = time.monotonic()
+        while True:
+            batch = self.ingest.get(timeout=s.max_wait_ms / 1000.0)
+            drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
+            n_local = len(batch) if batch is not None else 0
+            leader_flags = [clock.due(self.events)] if self.ctx.is_leader else [False]
+            agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
+            n_total, stop, all_drained, (checkpoint_due,) = agreed
+            if n_total:
+                self._train(batch)
+                idle_since = None
+            elif s.stop_at_end and all_drained:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= s.idle_timeout_s:
+                    log_event(log, "drained", step=self.step, events=self.events)
+                    return
+            if stop:
+                return
+            if checkpoint_due:
+                self._checkpoint()
+                clock.mark(self.events)
+            self.metrics.checkpoint_age.set(clock.age)
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                log_event(log, "progress", rank=self.ctx.rank, step=self.step, events=self.events,
+                          **{k: round(v, 4) for k, v in self.progressive.snapshot().items()})  # fmt: skip
+
+    def _agree(self, n_local: int, stop: bool, drained: bool, leader: list[bool]) -> tuple[int, bool, bool, list[bool]]:
+        """One SUM and one MAX all-reduce: events held, stop requested, drained everywhere, leader's decisions."""
+        count = torch.tensor([n_local, int(drained)], dtype=torch.int64)
+        flags = torch.tensor([int(stop), *map(int, leader)], dtype=torch.int64)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return int(count[0]), bool(flags[0]), int(count[1]) == self.ctx.world_size, [bool(f) for f in flags[1:]]
+
+    def _train(self, batch: Batch | None) -> None:
+        features = batch.features if batch is not None else self._empty
+        sparse, dense, labels, weights = pad_batch(features, self.settings.batch_size)
+        logits = self.model(sparse.to(self.ctx.device), dense.to(self.ctx.device))
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, labels.to(self.ctx.device), reduction="none"
+        )
+        n = len(features)
+        loss = (losses * weights.to(self.ctx.device)).sum() / max(n, 1)
+        self.dense_opt.zero_grad()
+        loss.backward()
+        self.dense_opt.step()
+        self.step += 1
+        if batch is None or n == 0:
+            return
+        scores = torch.sigmoid(logits[:n].detach()).cpu().numpy()
+        truth = labels[:n].numpy()
+        self.progressive.update(scores, truth)
+        self.events += n
+        self.watermark_ms = max(self.watermark_ms, batch.max_ts_ms)
+        self.offsets.update(batch.offsets)
+        self._observe(loss.item(), n)
+        if self._predictions is not None:
+            rows = zip(batch.event_ids, scores, truth, strict=True)
+            self._predictions.write("".join(f"{self.step}\t{e}\t{p:.6f}\t{int(y)}\n" for e, p, y in rows))
+
+    def _observe(self, loss: float, n: int) -> None:
+        m = self.metrics
+        m.events.inc(n)
+        m.batches.inc()
+        m.loss.set(loss)
+        snap = self.progressive
+        m.auc("cumulative").set(snap.cumulative_auc())
+        m.auc("recent").set(snap.recent_auc())
+        m.logloss("cumulative").set(snap.cumulative_logloss())
+        m.logloss("recent").set(snap.recent_logloss())
+        m.watermark.set(self.watermark_ms / 1000.0)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _global_offsets(self) -> dict[int, int]:
+        table = torch.full((max(self.n_partitions, 1),), -1, dtype=torch.int64)
+        for partition, offset in self.offsets.items():
+            table[partition] = offset
+        dist.all_reduce(table, op=dist.ReduceOp.MAX)
+        return {p: int(o) for p, o in enumerate(table.tolist()) if o >= 0}
+
+    def _global_counters(self) -> tuple[int, int]:
+        t = torch.tensor([self.events, self.watermark_ms], dtype=torch.int64)
+        events = t[:1].clone()
+        dist.all_reduce(events, op=dist.ReduceOp.SUM)
+        watermark = t[1:].clone()
+        dist.all_reduce(watermark, op=dist.ReduceOp.MAX)
+        return self.events_base + int(events), int(watermark)
+
+    def _checkpoint(self) -> None:
+        started = time.monotonic()
+        self.ingest.flush_dead_letters()
+        offsets = self._global_offsets()
+        events, watermark = self._global_counters()
+        meta = CheckpointMeta(
+            step=self.step,
+            events=events,
+            offsets=offsets,
+            watermark_ms=watermark,
+            topic=self.settings.topic,
+            model=self.config.model_dump(mode="json"),
+            schema=self.schema.model_dict(),
+            created=time.time(),
+        )
+        s = self.settings
+        path = save_checkpoint(s.checkpoints, meta, self.model, self.dense_opt, s.keep_checkpoints)
+        took = time.monotonic() - started
+        self.metrics.checkpoint_duration.observe(took)
+        log_event(log, "checkpoint", path=str(path), step=self.step, events=events, seconds=round(took, 3))
+
+
+def train(settings: TrainerSettings) -> int:
+    try:
+        return Trainer(settings).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+

@@ -1,0 +1,22 @@
+"""Entry point of one trainer rank: `torchrun --nproc_per_node N -m trainer.main`.
+
+All configuration comes from the environment (UNIREC_*, UNIREC_TRAINER_*); see trainer/settings.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from trainer.loop import train
+from trainer.settings import TrainerSettings
+from unirec.logs import configure_logging
+
+
+def main() -> int:
+    settings = TrainerSettings()
+    configure_logging(settings.log_level, json_lines=True)
+    return train(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Trainer settings (env prefix `UNIREC_TRAINER_`), one frozen object per rank.
+
+Run: `unirec train` (one process) or `torchrun --nproc_per_node 2 -m trainer.main` (N ranks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from unirec.settings import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIREC_TRAINER_", extra="forbid", frozen=True)
+
+    # where events come from
+    topic: str = "events"
+    dlq_topic: str | None = None
+    """Dead-letter topic for malformed events; default `<topic>.dlq`."""
+    start_from: Literal["earliest", "latest"] = "earliest"
+    """Where to start when there is no checkpoint."""
+    stop_at_end: bool = False
+    """Stop (with a final checkpoint) once every assigned partition is drained: for replays and tests."""
+    idle_timeout_s: float = Field(0.0, ge=0)
+    """With stop_at_end: how long partitions must stay drained before stopping (0: at once)."""
+
+    # the model
+    schema_name: str = Field("movielens", validation_alias=AliasChoices("UNIREC_TRAINER_SCHEMA", "schema"))
+    """A shipped schema name (embedding/schemas) or a YAML path."""
+    method: str = "unified"
+    method_args: dict[str, Any] = Field(default_factory=lambda: {"num_rows": 100_000, "num_blocks": 8})
+    dense_arch: tuple[int, ...] = (64, 32)
+    cross_layers: int = 2
+    over_arch: tuple[int, ...] = (64, 32)
+    seed: int = 0
+
+    # optimisation
+    batch_size: int = Field(64, ge=1)
+    max_wait_ms: int = Field(200, ge=1)
+    """A batch is cut when full or when this much time passed since its first event."""
+    sparse_lr: float = Field(0.1, gt=0)
+    dense_lr: float = Field(2e-3, gt=0)
+    prefetch_batches: int = Field(8, ge=1)
+
+    # checkpoints and exports
+    checkpoint_dir: Path | None = None
+    """Default `<home>/checkpoints`."""
+    checkpoint_every_s: float = Field(60.0, gt=0)
+    checkpoint_every_events: int = Field(0, ge=0)
+    """Also checkpoint after this many events (0: time only)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    export_every_s: float = Field(60.0, ge=0)
+    """Full export interval; 0 disables exports."""
+    delta_every_s: float = Field(5.0, ge=0)
+    """Delta publication interval between full exports; 0 disables deltas."""
+    quantization: Literal["int8", "int4", "fp16", "fp32"] = "int8"
+
+    # observability
+    metrics_port: int = Field(9400, ge=0)
+    """Rank r serves /metrics on metrics_port + r; 0 disables."""
+    auc_window: int = Field(5000, ge=100)
+    predictions_log: Path | None = None
+    """If set, each rank appends `step event_id score label` lines to `<path>.rank<r>` (for audits and tests)."""
+    threads: int = Field(0, ge=0)
+    """torch intra-op threads per rank (0: cores / world size)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerSettings:
+        if self.checkpoint_every_events < 0:
+            raise ValueError("checkpoint_every_events must be >= 0")
+        return self
+
+    @property
+    def dlq(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.home / "checkpoints"
