@@ -1,0 +1,157 @@
+"""Hash embeddings (Svenstrup et al. 2017), the unified-embedding paper's "multihash" baseline.
+
+Value x of a feature looks up `num_hashes` rows h_1(x)..h_k(x) of an embedding table E (M1 rows)
+and a k-vector of importance weights p(x) = P[h_0(x)] from an importance table P (M2 rows, k wide);
+its embedding is sum_i p_i(x) * E[h_i(x)], summed (or averaged) over the bag. The importance
+weights are learned, so the model can tell colliding values apart by their weights.
+
+- non-multiplexed (`multiplexed=False`): one (E, P) pair per feature, E as wide as the feature
+  (k_lookups * d), sizes per feature (`rows`, `importance_rows`) or split by vocabulary share.
+- multiplexed: ONE E of `num_rows` x d and ONE P shared by all features; a feature of width k*d
+  does k independent hash-embedding lookups with its own seeds (per seed group) and concatenates.
+
+Both tables are TorchRec tables: E is read with a weighted EBC (per-sample weights = p), P with
+unpooled per-value lookups, so gradients reach E, P and through the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from embedding.hashing import UniversalHash
+from embedding.methods._ops import allocate, jagged, lookup_per_value, mean_pool_fix, seeded_hash, table
+from embedding.methods.base import EmbeddingMethod, register
+from embedding.schema import FeatureSchema
+
+
+@register
+class HashEmbedding(EmbeddingMethod):
+    method = "hash_embedding"
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        num_rows: int | None = None,
+        importance_rows: int | dict[str, int] = 1024,
+        rows: dict[str, int] | None = None,
+        num_hashes: int = 2,
+        multiplexed: bool = False,
+        seed: int = 0,
+        init_std: float = 0.01,
+        importance_std: float = 0.1,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(schema)
+        if num_hashes < 1:
+            raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
+        self.num_hashes = num_hashes
+        self.multiplexed = multiplexed
+        self.seed = seed
+        self.init_std = init_std
+        self.importance_std = importance_std
+        d = schema.embedding_dim
+        if multiplexed:
+            if num_rows is None or rows is not None or not isinstance(importance_rows, int):
+                raise ValueError(
+                    "multiplexed hash embedding takes num_rows (int) and importance_rows (int), not per-feature rows; "
+                    f"got num_rows={num_rows} rows={rows} importance_rows={importance_rows}"
+                )
+            self.num_rows: int | dict[str, int] = int(num_rows)
+            self.importance_rows: int | dict[str, int] = int(importance_rows)
+            self._keys = [(s.name, j) for s in schema.sparse for j in range(s.lookups)]
+            self._widths = [d] * len(self._keys)
+            key_names = [self._key_name(k) for k in self._keys]
+            tables = [table("multihash", int(num_rows), d, key_names, init_std)]
+            imp_tables = [
+                table(
+                    "multihash_importance",
+                    int(importance_rows),
+                    num_hashes,
+                    [f"{k}:imp" for k in key_names],
+                    importance_std,
+                    mean=1.0,
+                )
+            ]
+        else:
+            if (rows is None) == (num_rows is None):
+                raise ValueError(f"give exactly one of rows or num_rows; got rows={rows} num_rows={num_rows}")
+            per_rows = dict(rows) if rows is not None else allocate(int(num_rows or 0), schema)
+            per_imp = importance_rows if isinstance(importance_rows, dict) else allocate(importance_rows, schema)
+            self.num_rows = {n: int(per_rows[n]) for n in schema.sparse_names}
+            self.importance_rows = {n: int(per_imp[n]) for n in schema.sparse_names}
+            self._keys = [(s.name, 0) for s in schema.sparse]
+            self._widths = [schema.width(s.name) for s in schema.sparse]
+            tables = [
+                table(f"multihash_{n}", self.num_rows[n], w, [self._key_name((n, 0))], init_std)
+                for (n, _), w in zip(self._keys, self._widths, strict=True)
+            ]
+            imp_tables = [
+                table(
+                    f"multihash_importance_{n}",
+                    self.importance_rows[n],
+                    num_hashes,
+                    [f"{self._key_name((n, 0))}:imp"],
+                    importance_std,
+                    mean=1.0,
+                )
+                for n, _ in self._keys
+            ]
+        self.ebc = EmbeddingBagCollection(tables=tables, is_weighted=True, device=torch.device(device))
+        self.importance = EmbeddingBagCollection(tables=imp_tables, device=torch.device(device))
+        self._hashes = [self.hashes_for(*k) for k in self._keys]
+
+    @staticmethod
+    def _key_name(key: tuple[str, int]) -> str:
+        return f"{key[0]}@{key[1]}"
+
+    def hashes_for(self, feature: str, lookup: int) -> tuple[UniversalHash, list[UniversalHash]]:
+        """(importance hash h_0, row hashes h_1..h_k) of one (feature, lookup)."""
+        if isinstance(self.num_rows, int):
+            assert isinstance(self.importance_rows, int)
+            tag, m1, m2 = self.schema.feature(feature).group, self.num_rows, self.importance_rows
+        else:
+            assert isinstance(self.importance_rows, dict)
+            tag, m1, m2 = feature, self.num_rows[feature], self.importance_rows[feature]
+        rows = [seeded_hash(self.method, self.seed, m1, tag, lookup, i) for i in range(1, self.num_hashes + 1)]
+        return seeded_hash(self.method, self.seed, m2, tag, lookup, 0), rows
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "importance_rows": self.importance_rows,
+            "num_hashes": self.num_hashes,
+            "multiplexed": self.multiplexed,
+            "seed": self.seed,
+            "init_std": self.init_std,
+            "importance_std": self.importance_std,
+        }
+        out["num_rows" if self.multiplexed else "rows"] = self.num_rows
+        return out
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        bags = jagged(features, self.schema)
+        key_names = [self._key_name(k) for k in self._keys]
+        imp_idx, rows, lengths = [], [], []
+        for (name, _), (h0, hs) in zip(self._keys, self._hashes, strict=True):
+            values = bags[name].values()
+            imp_idx.append(h0(values))
+            rows.append(torch.stack([h(values) for h in hs], dim=1).reshape(-1))  # value-major, k per value
+            lengths.append(bags[name].lengths() * self.num_hashes)
+        weights = lookup_per_value(self.importance, [f"{k}:imp" for k in key_names], imp_idx)
+        kjt = KeyedJaggedTensor(
+            keys=key_names,
+            values=torch.cat(rows),
+            lengths=torch.cat(lengths),
+            weights=torch.cat([w.reshape(-1) for w in weights]),
+        )
+        pooled = self.ebc(kjt).to_dict()
+        chunks = [pooled[k] for k in key_names]
+        per_feature, i = [], 0
+        for spec in self.schema.sparse:
+            n = spec.lookups if self.multiplexed else 1
+            per_feature.append(torch.cat(chunks[i : i + n], dim=1) if n > 1 else chunks[i])
+            i += n
+        return self.output(mean_pool_fix(self.schema, bags, per_feature))
