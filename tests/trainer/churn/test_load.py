@@ -1,0 +1,81 @@
+"""Balls-into-bins formulas against simulation, table sizing, and row staleness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trainer.churn.load import (
+    RowTracker,
+    collision_rate,
+    expected_occupied_rows,
+    table_load,
+    table_rows_for,
+)
+
+
+def test_occupancy_and_collisions_match_simulation() -> None:
+    rng = np.random.default_rng(3)
+    rows, ids_a, ids_b, lookups_b = 50_000, 30_000, 10_000, 2
+    sim_occupied, sim_collided_a, sim_collided_b = [], [], []
+    for _ in range(5):
+        a = rng.integers(0, rows, size=ids_a)
+        b = rng.integers(0, rows, size=(ids_b, lookups_b))
+        counts = np.bincount(np.concatenate([a, b.ravel()]), minlength=rows)
+        sim_occupied.append(np.count_nonzero(np.bincount(a, minlength=rows)))
+        sim_collided_a.append(np.mean(counts[a] > 1))
+        # an ID of b collides when one of its rows holds another ball (its own two rows rarely coincide)
+        sim_collided_b.append(np.mean((counts[b] > 1).any(axis=1) & (b[:, 0] != b[:, 1])))
+    load = table_load(rows, {"a": ids_a, "b": ids_b}, {"a": 1, "b": lookups_b})
+    assert load["a"][0] == pytest.approx(np.mean(sim_occupied), rel=0.01)
+    assert load["a"][1] == pytest.approx(np.mean(sim_collided_a), rel=0.02)
+    assert load["b"][1] == pytest.approx(np.mean(sim_collided_b), rel=0.02)
+    assert expected_occupied_rows(rows, 0) == 0.0
+
+
+@given(target=st.floats(0.001, 0.5), balls=st.floats(2, 1e9), lookups=st.integers(1, 6))
+def test_table_rows_for_is_the_smallest_table_meeting_the_target(target: float, balls: float, lookups: int) -> None:
+    rows = table_rows_for(target, balls, lookups)
+    assert collision_rate(rows, balls, lookups) <= target
+    assert rows == 1 or collision_rate(rows - 1, balls, lookups) > target
+
+
+def test_table_rows_for_rejects_a_target_outside_0_1() -> None:
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        table_rows_for(1.5, 100)
+
+
+def test_row_tracker_stale_share_per_feature() -> None:
+    tracker = RowTracker(["a", "b"], table_rows=100)
+    tracker.touch("a", np.arange(0, 10))
+    tracker.touch("b", np.array([5, 50, 50]))
+    first = tracker.take_window()
+    assert set(first) == {"a", "b"}
+    assert np.unpackbits(first["b"], count=100).nonzero()[0].tolist() == [5, 50]
+    tracker.apply(first, step=100)
+    tracker.touch("a", np.arange(0, 4))
+    second = tracker.take_window()
+    assert set(second) == {"a"}
+    tracker.apply(second, step=200)
+    # a's rows 0..3 updated at 200, 4..9 last at 100; b's row 5 was last updated (by a) at 100, row 50 at 100
+    shares = tracker.stale_shares(step=250, stale_steps=100)
+    assert shares == {"a": pytest.approx(6 / 10), "b": pytest.approx(2 / 2)}
+    assert tracker.stale_shares(step=250, stale_steps=200) == {"a": 0.0, "b": 0.0}
+    # rows another rank updated later make them fresh for every feature that owns them
+    other = RowTracker(["a", "b"], table_rows=100)
+    other.touch("a", np.array([50]))
+    tracker.apply(other.take_window(), step=240)
+    assert tracker.stale_shares(step=250, stale_steps=100)["b"] == pytest.approx(1 / 2)
+    assert tracker.rows_touched() == {"a": 11, "b": 2}
+    assert tracker.take_window() == {}
+
+
+def test_row_tracker_rejects_rows_outside_the_table() -> None:
+    tracker = RowTracker(["a"], table_rows=10)
+    with pytest.raises(ValueError, match=r"row 10 of feature 'a' is outside the unified table \[0, 10\)"):
+        tracker.touch("a", np.array([1, 10]))
+    assert math.isnan(tracker.stale_shares(0, 1)["a"])

@@ -1,0 +1,100 @@
+"""Theta-sketch feeding and window algebra."""
+
+from __future__ import annotations
+
+import math
+
+import datasketches as ds
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from trainer.churn.sketches import THETA_SEED, FeatureHistory, WindowSketch, as_int64, theta_hashes, union
+
+
+def _plain(values: np.ndarray, lg_k: int) -> ds.update_theta_sketch:
+    sketch = ds.update_theta_sketch(lg_k=lg_k, seed=THETA_SEED)
+    for v in values.tolist():
+        sketch.update(v)
+    return sketch
+
+
+def test_theta_hashes_are_the_sketch_hashes() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.integers(-(2**63), 2**63 - 1, size=20_000, dtype=np.int64)
+    values[:3] = [0, -1, np.iinfo(np.int64).min]
+    sketch = _plain(values, lg_k=10)
+    hashes = theta_hashes(values)
+    assert set(sketch) <= set(hashes.tolist())
+    assert int(np.count_nonzero(hashes < np.uint64(sketch.theta64))) == sketch.num_retained
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(hnp.arrays(np.int64, st.integers(0, 400), elements=st.integers(-(2**63), 2**63 - 1)), max_size=6),
+    repeats=st.integers(1, 3),
+)
+def test_prefiltered_sketch_equals_plain_sketch(batches: list[np.ndarray], repeats: int) -> None:
+    """The vectorised pre-filter and de-duplication leave the sketch byte-for-byte unchanged."""
+    fed = WindowSketch(lg_k=5)
+    batches = [np.tile(b, repeats) for b in batches]
+    for batch in batches:
+        fed.update(batch)
+    plain = _plain(np.concatenate(batches) if batches else np.empty(0, np.int64), lg_k=5)
+    assert fed.compact().serialize() == plain.compact().serialize()
+
+
+def test_prefilter_skips_most_ids_in_estimation_mode() -> None:
+    sketch = WindowSketch(lg_k=10)
+    for chunk in np.array_split(np.arange(200_000, dtype=np.int64), 50):
+        sketch.update(chunk)
+    assert sketch.ids_passed < 0.1 * sketch.ids_seen
+    assert sketch.compact().get_estimate() == pytest.approx(200_000, rel=0.15)
+
+
+def test_uint64_and_narrow_ints_are_accepted_floats_are_not() -> None:
+    assert as_int64(np.array([2**64 - 1], dtype=np.uint64)).tolist() == [-1]
+    assert as_int64(np.array([[1, 2]], dtype=np.int32)).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="int64"):
+        as_int64(np.array([1.5]))
+
+
+def _window(ids: range | list[int], lg_k: int = 12) -> ds.compact_theta_sketch:
+    """A merged window as the tracker makes it: the union (over ranks) of window sketches."""
+    sketch = WindowSketch(lg_k=lg_k)
+    sketch.update(np.array(list(ids), dtype=np.int64))
+    return union([sketch.compact()], lg_k)
+
+
+def test_history_counts_new_vanished_jaccard_and_ages_exactly_below_k() -> None:
+    history = FeatureHistory("user", lg_k=12, union_lg_k=14, history=4, window_s=60.0)
+    first = history.advance(_window(range(0, 1000)), 0)
+    assert (first.distinct, first.new, first.vanished) == (1000, 1000, 0)
+    assert math.isnan(first.jaccard)
+    assert first.age_shares == [(0, 1.0)] and first.median_age_windows == 0
+
+    second = history.advance(_window(range(500, 1500)), 60_000)
+    assert (second.distinct, second.new, second.vanished) == (1000, 500, 500)
+    assert second.jaccard == pytest.approx(500 / 1500)
+    assert second.new_rate == pytest.approx(500 / 60)
+    assert second.age_shares == [(0, 0.5), (1, 0.5)]
+
+    # back to old IDs: 0..99 were last seen two windows ago, so they are neither new nor in the previous window
+    third = history.advance(_window(list(range(0, 100)) + list(range(1400, 1500)) + list(range(5000, 5200))), 180_000)
+    assert (third.distinct, third.new, third.vanished) == (400, 200, 900)
+    assert third.jaccard == pytest.approx(100 / 1300)
+    assert third.age_shares == [(0, 0.5), (2, 0.25), (3, 0.25)]
+    assert third.median_age_windows == 0
+    assert third.survival == pytest.approx(100 / 500)  # of the 500 IDs new in the second window, 100 came back
+    doc = third.to_json()
+    assert doc["new_rate"] == pytest.approx(200 / 60) and doc["age_shares"][0] == [0, 0.5]
+
+
+def test_history_memory_is_bounded_by_the_sketch_sizes() -> None:
+    history = FeatureHistory("f", lg_k=8, union_lg_k=10, history=3, window_s=1.0)
+    for w in range(6):
+        history.advance(_window(range(w * 5000, w * 5000 + 20_000), lg_k=8), w * 1000)
+    bound = 8 * (2**10 + 2**8 + 3 * 2**8) + 24 * 5
+    assert history.memory_bytes() <= bound

@@ -1,0 +1,235 @@
+"""The Redis side of churn tracking: publish each rank's window sketches, read the other ranks' back.
+
+Keys (all with the configured TTL; `P` is the key prefix, default `unirec:churn`):
+
+    P:{feature}:{window_start}:{rank}        serialised compact theta sketch of the rank's IDs
+    P:{feature}:{window_start}:{rank}:rows   zlib(np.packbits) of the unified-table rows it touched
+    P:@meta:{window_start}:{rank}            JSON: the step at which the rank closed the window, counts
+    P:@progress:{rank}                       end (ms) of the latest window the rank has published
+    P:@summary:{window_start}                JSON: the merged numbers of every feature (rank 0 writes)
+    P:@windows                               sorted set of the window starts that have a summary
+
+Feature names cannot contain ':' or '@' (schema pattern), so these never clash. Writes go through an
+outbox: a window's keys, then the rank's progress key, in one pipeline, in window order; a rank that
+reads another's progress >= a window's end knows all its keys for that window are there. While
+Redis is unreachable the outbox keeps the windows (bounded) and every call fails fast until
+`retry_s` has passed, so an outage costs the trainer's hot path nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+import redis
+
+from trainer.churn.settings import ChurnSettings
+from unirec.logs import get_logger, log_event
+
+log = get_logger("churn")
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer (or is in its back-off pause); the caller keeps its data and retries later."""
+
+
+@dataclass
+class RankPart:
+    """One rank's contribution to one window."""
+
+    rank: int
+    window_start: int
+    step: int
+    sketches: dict[str, bytes] = field(default_factory=dict)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    """Packed bitmaps per feature (np.packbits of M bits)."""
+    ids: int = 0
+
+
+@dataclass
+class _Pending:
+    window_start: int
+    core: list[tuple[str, bytes]]
+    bulky: list[tuple[str, bytes]]
+    """Row bitmaps: dropped when the window gets too old to be waited for by other ranks."""
+    index: tuple[str, int] | None = None
+    """(index key, window start) to add to the summary index."""
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def sketch(self, feature: str, window_start: int, rank: int) -> str:
+        return f"{self.prefix}:{feature}:{window_start}:{rank}"
+
+    def rows(self, feature: str, window_start: int, rank: int) -> str:
+        return f"{self.sketch(feature, window_start, rank)}:rows"
+
+    def meta(self, window_start: int, rank: int) -> str:
+        return f"{self.prefix}:@meta:{window_start}:{rank}"
+
+    def progress(self, rank: int) -> str:
+        return f"{self.prefix}:@progress:{rank}"
+
+    def summary(self, window_start: int) -> str:
+        return f"{self.prefix}:@summary:{window_start}"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:@windows"
+
+
+class RedisExchange:
+    def __init__(
+        self, url: str, settings: ChurnSettings, rank: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.url = url
+        self.settings = settings
+        self.rank = rank
+        self.keys = Keys(settings.key_prefix)
+        self._clock = clock
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            retry_on_timeout=False,
+        )
+        self._outbox: deque[_Pending] = deque()
+        self._down_until = 0.0
+        self._down_since: float | None = None
+        self.dropped_windows = 0
+
+    # --- connection state ---------------------------------------------------------------------------
+
+    @property
+    def reachable(self) -> bool:
+        """False while in the back-off pause after a failed call."""
+        return self._clock() >= self._down_until
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        if not self.reachable:
+            raise RedisUnavailable(what)
+        try:
+            result = fn()
+        except (redis.RedisError, OSError) as exc:
+            self._down_until = self._clock() + self.settings.retry_s
+            if self._down_since is None:
+                self._down_since = self._clock()
+                log_event(log, "churn redis unreachable", logging.WARNING, url=self.url, op=what, error=str(exc))
+            raise RedisUnavailable(what) from exc
+        if self._down_since is not None:
+            log_event(log, "churn redis back", url=self.url, down_s=round(self._clock() - self._down_since, 1),
+                      pending_windows=len(self._outbox))
+            self._down_since = None
+        return result
+
+    # --- writes -------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Windows written locally but not yet in Redis."""
+        return len(self._outbox)
+
+    def publish_part(self, part: RankPart, window_end: int, with_rows: bool) -> None:
+        k = self.keys
+        core = [(k.sketch(f, part.window_start, part.rank), data) for f, data in part.sketches.items()]
+        meta = {"rank": part.rank, "window_start": part.window_start, "step": part.step, "ids": part.ids}
+        core.append((k.meta(part.window_start, part.rank), orjson.dumps(meta)))
+        core.append((k.progress(part.rank), str(window_end).encode()))
+        bulky = []
+        if with_rows:
+            bulky = [(k.rows(f, part.window_start, part.rank), zlib.compress(bits.tobytes(), 1))
+                     for f, bits in part.rows.items()]
+        self._enqueue(_Pending(part.window_start, core, bulky))
+
+    def publish_summary(self, window_start: int, summary: dict[str, Any]) -> None:
+        entry = _Pending(window_start, [(self.keys.summary(window_start), orjson.dumps(summary))], [])
+        entry.index = (self.keys.index, window_start)
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: _Pending) -> None:
+        self._outbox.append(entry)
+        while len(self._outbox) > self.settings.max_pending_windows:
+            old = self._outbox.popleft()
+            self.dropped_windows += 1
+            log_event(log, "churn window dropped from outbox", logging.WARNING, window_start=old.window_start,
+                      max_pending_windows=self.settings.max_pending_windows)
+
+    def drop_bulky_before(self, window_start: int) -> None:
+        """Forget row bitmaps of windows older than `window_start` that are still waiting (they are large)."""
+        for entry in self._outbox:
+            if entry.window_start < window_start:
+                entry.bulky = []
+
+    def flush(self) -> bool:
+        """Write the outbox in order; True when it is empty afterwards."""
+        ttl = self.settings.ttl_s
+        while self._outbox:
+            entry = self._outbox[0]
+
+            def write(entry: _Pending = entry) -> None:
+                pipe = self._client.pipeline(transaction=False)
+                for key, value in entry.bulky + entry.core:
+                    pipe.set(key, value, ex=ttl)
+                if entry.index is not None:
+                    index, start = entry.index
+                    pipe.zadd(index, {str(start): start})
+                    pipe.zremrangebyrank(index, 0, -self.settings.keep_summaries - 1)
+                    pipe.expire(index, ttl)
+                pipe.execute()
+
+            try:
+                self._call("publish", write)
+            except RedisUnavailable:
+                return False
+            self._outbox.popleft()
+        return True
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def progress(self, ranks: Sequence[int]) -> dict[int, int]:
+        """The latest published window end of each rank (ranks that published nothing are absent)."""
+        values = self._call("progress", lambda: self._client.mget([self.keys.progress(r) for r in ranks]))
+        return {r: int(v) for r, v in zip(ranks, values, strict=True) if v is not None}
+
+    def fetch_part(self, rank: int, window_start: int, features: Sequence[str], with_rows: bool) -> RankPart | None:
+        """Another rank's part of a window; None when it published nothing for it."""
+        k = self.keys
+        names = [k.meta(window_start, rank)] + [k.sketch(f, window_start, rank) for f in features]
+        if with_rows:
+            names += [k.rows(f, window_start, rank) for f in features]
+        values = self._call("fetch", lambda: self._client.mget(names))
+        if values[0] is None:
+            return None
+        meta = orjson.loads(values[0])
+        n = len(features)
+        part = RankPart(rank, window_start, int(meta["step"]), ids=int(meta.get("ids", 0)))
+        part.sketches = {f: v for f, v in zip(features, values[1 : 1 + n], strict=True) if v is not None}
+        if with_rows:
+            for f, v in zip(features, values[1 + n :], strict=True):
+                if v is not None:
+                    part.rows[f] = np.frombuffer(zlib.decompress(v), dtype=np.uint8)
+        return part
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def read_summaries(client: redis.Redis, prefix: str, last: int) -> list[dict[str, Any]]:
+    """The summaries of the `last` most recent merged windows, oldest first (for `unirec churn report`)."""
+    keys = Keys(prefix)
+    starts = client.zrevrange(keys.index, 0, max(last, 1) - 1)
+    if not starts:
+        return []
+    values = client.mget([keys.summary(int(s)) for s in starts])
+    docs = [orjson.loads(v) for v in values if v is not None]
+    return sorted(docs, key=lambda d: d["window_start_ms"])

@@ -1,0 +1,143 @@
+"""Load on the unified table: expected occupancy and collisions (balls into bins) and row staleness.
+
+Balls into bins: every lookup of every distinct ID is a ball thrown into one of the M rows by an
+independent 2-universal hash (each feature or seed group has its own seeds). With N balls in all,
+
+    expected occupied rows            M * (1 - (1 - 1/M)^N)
+    P(a given ball's row holds another ball)     1 - (1 - 1/M)^(N - 1)
+
+A feature with L lookups throws L balls per ID; one of its IDs "shares a row with another ID" when
+any of its L rows holds a ball of another ID: 1 - (1 - 1/M)^(L * (N - L)). Features of one seed group
+that see equal tokens put them in the same rows; the formulas count those twice (an upper bound).
+
+Staleness: `RowTracker` keeps, per feature, the bitmap of rows it touched in the open window (the hot
+path ORs bits in), and globally, per feature, the bitmap of rows it ever touched plus one shared
+uint32 array with the step at which each row was last updated by any rank. Memory:
+M * (4 + 2 * ceil(F / 8)) bytes for F features (M = 2.6M rows, F = 26: 31 MB). Updates from other
+ranks arrive per window, so a row's last step is known to the resolution of one window (the step at
+which the rank that touched it closed that window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def expected_occupied_rows(table_rows: int, balls: float) -> float:
+    """M * (1 - (1 - 1/M)^n), computed without cancellation for large M."""
+    if balls <= 0:
+        return 0.0
+    return -table_rows * math.expm1(balls * math.log1p(-1.0 / table_rows)) if table_rows > 1 else 1.0
+
+
+def collision_rate(table_rows: int, total_balls: float, lookups: int = 1) -> float:
+    """Expected share of one feature's IDs (with `lookups` rows each) that share a row with another ID."""
+    others = max(total_balls - lookups, 0.0)
+    if table_rows <= 1:
+        return 1.0 if others > 0 else 0.0
+    return -math.expm1(lookups * others * math.log1p(-1.0 / table_rows))
+
+
+def table_rows_for(target: float, total_balls: float, lookups: int = 1) -> int:
+    """The smallest M for which `collision_rate(M, total_balls, lookups) <= target`."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target collision rate must be in (0, 1), got {target}")
+    exponent = lookups * max(total_balls - lookups, 0.0)
+    if exponent <= 0:
+        return 1
+    # (1 - 1/M)^exponent >= 1 - target  <=>  1/M <= 1 - (1 - target)^(1/exponent)
+    per_row = -math.expm1(math.log1p(-target) / exponent)
+    rows = math.ceil(1.0 / per_row)
+    while rows > 1 and collision_rate(rows - 1, total_balls, lookups) <= target:  # guard float rounding
+        rows -= 1
+    while collision_rate(rows, total_balls, lookups) > target:
+        rows += 1
+    return rows
+
+
+def table_load(
+    table_rows: int, distinct: Mapping[str, float], lookups: Mapping[str, int]
+) -> dict[str, tuple[float, float]]:
+    """Per feature: (expected occupied rows, expected collision rate) given every feature's distinct IDs."""
+    total = sum(distinct[f] * lookups[f] for f in distinct)
+    return {
+        f: (expected_occupied_rows(table_rows, distinct[f] * lookups[f]), collision_rate(table_rows, total, lookups[f]))
+        for f in distinct
+    }
+
+
+class RowTracker:
+    """Which rows each feature touched, and when any rank last updated each row (see module doc)."""
+
+    def __init__(self, features: Sequence[str], table_rows: int) -> None:
+        if table_rows < 1:
+            raise ValueError(f"table_rows must be >= 1, got {table_rows}")
+        self.features = list(features)
+        self.table_rows = table_rows
+        self._slot = {f: (i // 8, np.uint8(1 << (i % 8))) for i, f in enumerate(self.features)}
+        width = max(1, math.ceil(len(self.features) / 8))
+        self._window = np.zeros((table_rows, width), dtype=np.uint8)
+        self._member = np.zeros((table_rows, width), dtype=np.uint8)
+        self._last_step = np.zeros(table_rows, dtype=np.uint32)
+        self._any_window = False
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._window.nbytes + self._member.nbytes + self._last_step.nbytes
+
+    def touch(self, feature: str, rows: np.ndarray) -> None:
+        """Hot path: mark `rows` (unified-table rows of this step's lookups of `feature`) as touched."""
+        rows = np.asarray(rows).reshape(-1)
+        if not rows.size:
+            return
+        if rows.dtype.kind not in "iu":
+            raise ValueError(f"rows of feature {feature!r} must be integers, got dtype {rows.dtype}")
+        lo, hi = int(rows.min()), int(rows.max())
+        if lo < 0 or hi >= self.table_rows:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"row {bad} of feature {feature!r} is outside the unified table [0, {self.table_rows})")
+        byte, bit = self._slot[feature]
+        column = self._window[:, byte]
+        column[rows] |= bit
+        self._any_window = True
+
+    def take_window(self) -> dict[str, np.ndarray]:
+        """Packed bitmaps (np.packbits, M bits) of the rows each feature touched since the last call; resets."""
+        if not self._any_window:
+            return {}
+        out = {}
+        for f, (byte, bit) in self._slot.items():
+            touched = (self._window[:, byte] & bit) != 0
+            if touched.any():
+                out[f] = np.packbits(touched)
+        self._window[:] = 0
+        self._any_window = False
+        return out
+
+    def apply(self, touched: Mapping[str, np.ndarray], step: int) -> None:
+        """Merge one rank's packed bitmaps of one window, closed at `step`, into the global state."""
+        step32 = np.uint32(min(max(step, 0), np.iinfo(np.uint32).max))
+        for f, packed in touched.items():
+            if f not in self._slot:
+                continue
+            mask = np.unpackbits(packed, count=self.table_rows).view(bool)
+            byte, bit = self._slot[f]
+            self._member[mask, byte] |= bit
+            last = self._last_step[mask]
+            self._last_step[mask] = np.maximum(last, step32)
+
+    def stale_shares(self, step: int, stale_steps: int) -> dict[str, float]:
+        """Per feature: the share of the rows it ever touched that no rank updated in the last `stale_steps`."""
+        stale = (np.int64(step) - self._last_step.astype(np.int64)) >= stale_steps
+        out = {}
+        for f, (byte, bit) in self._slot.items():
+            member = (self._member[:, byte] & bit) != 0
+            n = int(np.count_nonzero(member))
+            out[f] = float(np.count_nonzero(member & stale)) / n if n else math.nan
+        return out
+
+    def rows_touched(self) -> dict[str, int]:
+        return {f: int(np.count_nonzero(self._member[:, byte] & bit)) for f, (byte, bit) in self._slot.items()}
