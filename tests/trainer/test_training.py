@@ -1,0 +1,126 @@
+"""End-to-end trainer runs against the real broker: dead letters and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from embedding.events import Event
+from tests.trainer.conftest import create_topic, read_predictions, run_trainer, send, start_trainer, trainer_env
+from trainer.checkpoint import latest_checkpoint, read_meta
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def synthetic_events(n: int, start: int = 0, seed: int = 0) -> list[Event]:
+    rng = np.random.default_rng(seed + start)
+    users = rng.zipf(1.3, n) % 500
+    movies = rng.zipf(1.2, n) % 300
+    clicks = (rng.random(n) < np.where(movies % 3 == 0, 0.8, 0.3)).astype(int)
+    return [
+        Event(
+            event_id=f"e{start + i}",
+            ts=1_700_000_000_000 + (start + i) * 100,
+            label=int(clicks[i]),
+            sparse={"user": int(users[i]), "movie": int(movies[i]), "gender": "MF"[i % 2], "zip": f"z{i % 40}"},
+        )
+        for i in range(n)
+    ]
+
+
+def test_malformed_events_go_to_the_dead_letter_topic(kafka_bootstrap: str, topic_name: str, tmp_path: Path) -> None:
+    create_topic(kafka_bootstrap, topic_name, 2)
+    good = synthetic_events(2000)
+    bad: list[bytes] = []
+    for i in range(100):
+        kind = i % 4
+        if kind == 0:
+            bad.append(b"{not json")
+        elif kind == 1:
+            bad.append(json.dumps({"event_id": f"b{i}", "ts": 1, "label": 3}).encode())  # label out of range
+        elif kind == 2:
+            bad.append(json.dumps({"event_id": f"b{i}", "ts": 1, "sparse": {"user": 1}}).encode())  # no label
+        else:
+            bad.append(json.dumps({"event_id": f"b{i}", "ts": 1, "label": 1, "sparse": {"user": "abc"}}).encode())
+    mixed: list[bytes | Event] = []
+    for i, event in enumerate(good):
+        mixed.append(event)
+        if i % 20 == 0 and bad:
+            mixed.append(bad.pop())
+    mixed.extend(bad)
+    send(kafka_bootstrap, topic_name, mixed, partitions=2)
+
+    env = trainer_env(tmp_path, kafka_bootstrap, topic_name, predictions_log=tmp_path / "pred")
+    run_trainer(env, log=tmp_path / "trainer.log")
+
+    trained = {event_id for _, event_id, _, _ in read_predictions(tmp_path / "pred")}
+    assert trained == {e.event_id for e in good}
+
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(f"{topic_name}.dlq", p) for p in consumer.partitions_for_topic(f"{topic_name}.dlq")]
+    consumer.assign(tps)
+    consumer.seek_to_beginning()
+    dead = []
+    deadline = time.monotonic() + 30
+    while len(dead) < 100 and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            dead += records
+    consumer.close()
+    assert len(dead) == 100
+    reasons = {dict(r.headers)["reason"].decode() for r in dead}
+    assert reasons == {"invalid_event", "missing_label", "bad_feature_value"}
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["detail"]
+        assert int(headers["source_offset"].decode()) >= 0
+        assert headers["source_topic"].decode() == topic_name
+
+
+def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, 2)
+    first = synthetic_events(4000)
+    send(kafka_bootstrap, topic_name, first, partitions=2)
+    env = trainer_env(
+        tmp_path, kafka_bootstrap, topic_name, stop_at_end="false", checkpoint_every_events=1500, batch_size=32
+    )
+    proc = start_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run1")}, log=tmp_path / "run1.log")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ckpt = latest_checkpoint(tmp_path / "checkpoints")
+            if ckpt is not None and read_meta(ckpt).events >= 3000:
+                break
+            assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+            time.sleep(0.05)
+        # keep the stream going, then kill mid-stream without any chance to checkpoint
+        send(kafka_bootstrap, topic_name, synthetic_events(3000, start=4000), partitions=2)
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    checkpoint = read_meta(latest_checkpoint(tmp_path / "checkpoints"))  # type: ignore[arg-type]
+
+    run_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run2"), "UNIREC_TRAINER_STOP_AT_END": "true"},
+                log=tmp_path / "run2.log")  # fmt: skip
+
+    run1 = read_predictions(tmp_path / "run1")
+    run2 = read_predictions(tmp_path / "run2")
+    before = {e for step, e, _, _ in run1 if step <= checkpoint.step}
+    after_ckpt_run1 = {e for step, e, _, _ in run1 if step > checkpoint.step}
+    resumed = [e for _, e, _, _ in run2]
+    assert len(before) == checkpoint.events, "the checkpoint covers exactly the events trained up to its step"
+    assert not before & set(resumed), "an event before the checkpoint was trained again"
+    assert len(resumed) == len(set(resumed)), "an event was trained twice after resume"
+    everything = {e.event_id for e in first} | {f"e{i}" for i in range(4000, 7000)}
+    assert before | set(resumed) == everything, "an event after the checkpoint was skipped"
+    assert after_ckpt_run1 <= set(resumed)
+    assert min(step for step, _, _, _ in run2) == checkpoint.step + 1
