@@ -1,0 +1,432 @@
+"""Export a trained DCNModel as a versioned, checksummed artifact, and publish deltas between exports.
+
+    manifest = export_model(model, store, "int8", ExportMeta(step=..., offsets=..., watermark_ms=...))
+    exporter = Exporter(store, "int8", publisher=Publisher(redis_url), delta_interval_s=5)
+    exporter.export_full((schema, config, state_dict), meta)              # version v..., seq 0
+    if exporter.delta_due():
+        exporter.export_delta({"unified_0": touched_row_ids}, (schema, config, state_dict), meta)
+
+The model comes as an unsharded `DCNModel` or as `(schema, config, state_dict)` with the keys of
+`build_model(schema, config).state_dict()`. Factorised methods are collapsed (`method.collapse()`);
+every TorchRec EmbeddingBagCollection table is quantised row-wise; the dense network stays fp32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from embedding.errors import ArtifactError
+from embedding.export.artifact import StoreSource, delta_files, full_files, pack_bits, read_manifest, save_tensors
+from embedding.export.manifest import (
+    FORMAT_VERSION,
+    PARAMS,
+    ROWS,
+    SEEN,
+    TABLES,
+    DeltaManifest,
+    ExportMeta,
+    Manifest,
+    TableEntry,
+    utc_now,
+)
+from embedding.export.quantize import check_quantization, quantize_rows
+from embedding.model import DCNModel, ModelConfig, build_model
+from embedding.schema import FeatureSchema
+from embedding.store import ModelStore, Notification, Publisher
+from unirec.logs import get_logger, log_event
+
+logger = get_logger("export")
+
+ModelSource = DCNModel | tuple[FeatureSchema, ModelConfig, Mapping[str, torch.Tensor]]
+SparseDtype = Literal["fp16", "fp32"]
+
+
+def find_tables(method: nn.Module, prefix: str = "sparse.") -> list[TableEntry]:
+    """Every TorchRec EmbeddingBagCollection table inside `method`, keyed by its state-dict key."""
+    out = []
+    for path, module in method.named_modules():
+        if type(module) is EmbeddingBagCollection:
+            base = f"{prefix}{path}." if path else prefix
+            for cfg in module.embedding_bag_configs():
+                out.append(
+                    TableEntry(
+                        key=f"{base}embedding_bags.{cfg.name}.weight", rows=cfg.num_embeddings, dim=cfg.embedding_dim
+                    )
+                )
+    return out
+
+
+def _build(schema: FeatureSchema, config: ModelConfig, meta: bool) -> DCNModel:
+    """The model's structure; with `meta`, tables are not allocated (methods taking a `device`)."""
+    with torch.random.fork_rng():  # build_model seeds the global RNG: keep the caller's stream
+        if meta:
+            try:
+                return build_model(schema, config, device="meta")
+            except (TypeError, RuntimeError, NotImplementedError):
+                pass
+        return build_model(schema, config)
+
+
+@dataclass
+class ExportState:
+    """A model ready to write: the served (collapsed) config, its plain state and its tables."""
+
+    schema: FeatureSchema
+    config: ModelConfig
+    trained_method: str
+    state: dict[str, torch.Tensor]
+    tables: list[TableEntry]
+    collapsed: bool
+
+
+def prepare(source: ModelSource) -> ExportState:
+    """Validate the state against the model structure and collapse factorised layers."""
+    if isinstance(source, DCNModel):
+        model: DCNModel = source
+        schema, config = model.schema, model.config
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+    else:
+        schema, config, raw_state = source
+        state = {k: v.detach() for k, v in raw_state.items()}
+        model = _build(schema, config, meta=True)
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"state_dict does not match build_model(schema, config) for method {config.method!r}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        bad = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+        if bad:
+            k = bad[0]
+            raise ValueError(
+                f"state_dict[{k!r}] has shape {tuple(state[k].shape)}, model expects {tuple(expected[k].shape)}"
+            )
+        if hasattr(model.sparse, "collapse"):
+            model = _build(schema, config, meta=False)
+            model.load_state_dict(state)
+    if not hasattr(model.sparse, "collapse"):
+        return ExportState(schema, config, config.method, state, find_tables(model.sparse), collapsed=False)
+    with torch.no_grad():
+        single = model.sparse.collapse()
+    served = config.model_copy(update={"method": single.method, "method_args": single.config()})
+    merged = {k: v for k, v in state.items() if not k.startswith("sparse.")}
+    merged.update({f"sparse.{k}": v.detach() for k, v in single.state_dict().items()})
+    return ExportState(schema, served, config.method, merged, find_tables(single), collapsed=True)
+
+
+def _param_tensors(
+    state: Mapping[str, torch.Tensor], table_keys: set[str], sparse_dtype: str
+) -> dict[str, torch.Tensor]:
+    """Dense layers in fp32; the method's other float tensors in `sparse_dtype`; integers as they are."""
+    out = {}
+    for key, value in state.items():
+        if key in table_keys:
+            continue
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            half = key.startswith("sparse.") and sparse_dtype == "fp16"
+            value = value.to(torch.float16 if half else torch.float32)
+        out[key] = value
+    return out
+
+
+def resolve_table(name: str, tables: list[TableEntry]) -> TableEntry:
+    """A table by state-dict key or by TorchRec table name (`unified_0`)."""
+    for table in tables:
+        if table.key == name:
+            return table
+    matches = [t for t in tables if t.key.endswith(f".embedding_bags.{name}.weight")]
+    if len(matches) != 1:
+        raise ValueError(f"no single table named {name!r}; tables: {[t.key for t in tables]}")
+    return matches[0]
+
+
+def _producer() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("unirec", "torch", "torchrec", "fbgemm-gpu-cpu", "safetensors"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _seen_tensors(seen_rows: Mapping[str, torch.Tensor], tables: list[TableEntry]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in seen_rows.items():
+        table = resolve_table(name, tables)
+        if value.dtype == torch.bool:
+            if value.shape != (table.rows,):
+                raise ValueError(f"seen mask of {table.key!r} has shape {tuple(value.shape)}, expected ({table.rows},)")
+            mask = value.cpu()
+        else:
+            mask = torch.zeros(table.rows, dtype=torch.bool)
+            mask[value.cpu().long()] = True
+        out[table.key] = pack_bits(mask)
+    return out
+
+
+def export_model(
+    source: ModelSource,
+    store: ModelStore,
+    quantization: str = "int8",
+    meta: ExportMeta | None = None,
+    *,
+    seen_rows: Mapping[str, torch.Tensor] | None = None,
+    sparse_dtype: SparseDtype | None = None,
+    publisher: Publisher | None = None,
+    retention: int | None = None,
+) -> Manifest:
+    """Write a full artifact as a new version of `store`; publish it and apply retention when asked.
+
+    `seen_rows`: table (key or name) -> bool mask or row ids of rows updated in training, stored so
+    the service can count lookups of never-trained rows. `sparse_dtype` (default: fp32 for an
+    fp32 export, else fp16) stores the method's non-table tensors."""
+    meta = meta or ExportMeta()
+    check_quantization(quantization)
+    sparse_dtype = sparse_dtype or ("fp32" if quantization == "fp32" else "fp16")
+    started = time.perf_counter()
+    prepared = prepare(source)
+    for table in prepared.tables:
+        check_quantization(quantization, table.dim)
+    table_keys = {t.key for t in prepared.tables}
+    payloads = {
+        TABLES: save_tensors({t.key: quantize_rows(prepared.state[t.key], quantization) for t in prepared.tables}),
+        PARAMS: save_tensors(_param_tensors(prepared.state, table_keys, sparse_dtype)),
+    }
+    if seen_rows:
+        payloads[SEEN] = save_tensors(_seen_tensors(seen_rows, prepared.tables))
+    version = store.allocate_version()
+    created_at, created_ms = utc_now()
+    schema, config = prepared.schema, prepared.config
+    fields: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "method": config.method,
+        "method_config": dict(config.method_args),
+        "trained_method": prepared.trained_method,
+        "config": config,
+        "feature_schema": schema.model_dict(),
+        "schema_fingerprint": schema.fingerprint(),
+        "seeds": {"model": config.seed, "method": config.method_args.get("seed")},
+        "embedding_dim": schema.embedding_dim,
+        "widths": {s.name: schema.width(s.name) for s in schema.sparse},
+        "quantization": quantization,
+        "sparse_dtype": sparse_dtype,
+        "tables": prepared.tables,
+        "step": meta.step,
+        "offsets": meta.offsets,
+        "watermark_ms": meta.watermark_ms,
+        "metrics": meta.metrics,
+        "created_at": created_at,
+        "created_at_ms": created_ms,
+        "producer": _producer(),
+        "extra": meta.extra,
+    }
+    manifest, files = full_files(fields, payloads)
+    store.write_version(version, files)
+    size = sum(len(d) for d in files.values())
+    log_event(
+        logger,
+        "export full",
+        version=version,
+        method=config.method,
+        quantization=quantization,
+        bytes=size,
+        seconds=round(time.perf_counter() - started, 3),
+        store=store.uri,
+    )
+    if retention is not None:
+        deleted = store.retain(retention)
+        if deleted:
+            log_event(logger, "retention", deleted=",".join(deleted), keep=retention)
+    if publisher is not None:
+        publisher.publish(
+            Notification(
+                version=version,
+                kind="full",
+                serving=store.serving_version(),
+                store=store.uri,
+                watermark_ms=meta.watermark_ms,
+            )
+        )
+    return manifest
+
+
+class Exporter:
+    """Full exports plus numbered deltas in between, for one trainer.
+
+    After `export_full` (sequence 0) each `export_delta` publishes the rows updated since the
+    previous publication as delta 1, 2, ... of that version. The trainer passes the rows it
+    touched since the last publication (`touched_rows`: table key or name -> row ids); for
+    collapsed methods every row is carried, because the shared factor changes them all."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        quantization: str = "int8",
+        *,
+        publisher: Publisher | None = None,
+        retention: int | None = 5,
+        delta_interval_s: float = 5.0,
+        sparse_dtype: SparseDtype | None = None,
+    ) -> None:
+        self.store = store
+        self.quantization = check_quantization(quantization)
+        self.publisher = publisher
+        self.retention = retention
+        self.delta_interval_s = delta_interval_s
+        self.sparse_dtype = sparse_dtype
+        self.base: Manifest | None = None
+        self.seq = 0
+        self._last_publication = 0.0
+
+    @property
+    def base_version(self) -> str | None:
+        return self.base.version if self.base else None
+
+    def delta_due(self, now: float | None = None) -> bool:
+        """True when a full export exists and `delta_interval_s` passed since the last publication."""
+        now = time.monotonic() if now is None else now
+        return self.base is not None and now - self._last_publication >= self.delta_interval_s
+
+    def export_full(
+        self, source: ModelSource, meta: ExportMeta | None = None, seen_rows: Mapping[str, torch.Tensor] | None = None
+    ) -> Manifest:
+        self.base = export_model(
+            source,
+            self.store,
+            self.quantization,
+            meta,
+            seen_rows=seen_rows,
+            sparse_dtype=self.sparse_dtype,
+            publisher=self.publisher,
+            retention=self.retention,
+        )
+        self.seq = 0
+        self._last_publication = time.monotonic()
+        return self.base
+
+    def export_delta(
+        self,
+        touched_rows: Mapping[str, torch.Tensor],
+        source: ModelSource,
+        meta: ExportMeta | None = None,
+        row_values: Mapping[str, torch.Tensor] | None = None,
+    ) -> DeltaManifest:
+        if self.base is None:
+            raise ArtifactError("no full export yet: a delta needs a base version (call export_full first)")
+        delta = self.publish_delta(self.base.version, self.seq + 1, touched_rows, source, meta, row_values)
+        self.seq = delta.seq
+        self._last_publication = time.monotonic()
+        return delta
+
+    def publish_delta(
+        self,
+        base_version: str,
+        seq: int,
+        touched_rows: Mapping[str, torch.Tensor],
+        source: ModelSource,
+        meta: ExportMeta | None = None,
+        row_values: Mapping[str, torch.Tensor] | None = None,
+    ) -> DeltaManifest:
+        """Write delta `seq` of `base_version`: the given rows (quantised like the base) and every
+        non-table tensor. `row_values` (optional, same keys): fp32 rows matching `touched_rows`, for
+        a trainer that gathers only those rows; otherwise they are read from the source's tables."""
+        meta = meta or ExportMeta()
+        base = self.base if self.base is not None and self.base.version == base_version else None
+        if base is None:
+            base = read_manifest(StoreSource(self.store, base_version))
+        prepared = prepare(source)
+        if prepared.schema.fingerprint() != base.schema_fingerprint or prepared.config.method != base.method:
+            raise ArtifactError(f"delta source does not match base {base_version}: other schema or method")
+        rows: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        if prepared.collapsed:
+            for table in prepared.tables:
+                self._add_rows(rows, counts, table, torch.arange(table.rows), prepared.state[table.key], base)
+        else:
+            values = {resolve_table(k, prepared.tables).key: v for k, v in (row_values or {}).items()}
+            for name, ids in touched_rows.items():
+                table = resolve_table(name, prepared.tables)
+                ids = ids.detach().cpu().long().reshape(-1)
+                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.rows):
+                    raise ValueError(f"touched rows of {table.key!r} out of range [0, {table.rows})")
+                if table.key in values:
+                    if torch.unique(ids).numel() != ids.numel() or values[table.key].shape[0] != ids.numel():
+                        raise ValueError(f"row_values of {table.key!r} need one row per distinct touched id")
+                    weight_rows = values[table.key]
+                else:
+                    ids = torch.unique(ids)
+                    weight_rows = prepared.state[table.key][ids]
+                if ids.numel():
+                    self._add_rows(rows, counts, table, ids, weight_rows, base)
+        table_keys = {t.key for t in prepared.tables}
+        payloads = {
+            ROWS: save_tensors(rows),
+            PARAMS: save_tensors(_param_tensors(prepared.state, table_keys, base.sparse_dtype)),
+        }
+        created_at, created_ms = utc_now()
+        fields: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "base_version": base_version,
+            "seq": seq,
+            "schema_fingerprint": base.schema_fingerprint,
+            "method": base.method,
+            "quantization": base.quantization,
+            "sparse_dtype": base.sparse_dtype,
+            "tables": counts,
+            "all_rows": prepared.collapsed,
+            "step": meta.step,
+            "offsets": meta.offsets,
+            "watermark_ms": meta.watermark_ms,
+            "metrics": meta.metrics,
+            "created_at": created_at,
+            "created_at_ms": created_ms,
+            "extra": meta.extra,
+        }
+        manifest, files = delta_files(fields, payloads)
+        self.store.write_delta(base_version, seq, files)
+        log_event(
+            logger,
+            "export delta",
+            version=base_version,
+            seq=seq,
+            rows=sum(counts.values()),
+            bytes=sum(len(d) for d in files.values()),
+        )
+        if self.publisher is not None:
+            self.publisher.publish(
+                Notification(
+                    version=base_version,
+                    kind="delta",
+                    seq=seq,
+                    serving=self.store.serving_version(),
+                    store=self.store.uri,
+                    watermark_ms=meta.watermark_ms,
+                )
+            )
+        return manifest
+
+    @staticmethod
+    def _add_rows(
+        rows: dict[str, torch.Tensor],
+        counts: dict[str, int],
+        table: TableEntry,
+        ids: torch.Tensor,
+        weight_rows: torch.Tensor,
+        base: Manifest,
+    ) -> None:
+        rows[f"{table.key}:ids"] = ids.to(torch.int64)
+        rows[f"{table.key}:rows"] = quantize_rows(weight_rows, base.quantization)
+        counts[table.key] = int(ids.numel())

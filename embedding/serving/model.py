@@ -1,0 +1,318 @@
+"""The inference-side model: load a verified artifact, serve predictions, apply deltas.
+
+    model = load_serving_model(store, expected_schema=schema)   # the store's serving version
+    probs = model.predict(featurizer(events))                   # [batch] probabilities
+    model = model.apply_delta(load_delta(store, model.base_version, model.seq + 1))
+
+The model is rebuilt with `build_model(schema, manifest.config)` (the same DCNModel code the
+trainer runs); each TorchRec EmbeddingBagCollection inside the embedding method is replaced by a
+`QuantEmbeddingBags` holding the artifact's quantised rows, and every other tensor (dense layers,
+non-table method parameters) is loaded from `params.safetensors`. A ServingModel is immutable:
+`apply_delta` returns a new one, so the old one keeps answering requests until it is swapped out.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from embedding.errors import ArtifactError
+from embedding.events import FeatureBatch
+from embedding.export.artifact import DeltaArtifact, DirSource, FullArtifact, Source, StoreSource, read_delta, read_full
+from embedding.export.manifest import MANIFEST, DeltaManifest, Manifest
+from embedding.model import DCNModel, build_model
+from embedding.schema import FeatureSchema
+from embedding.serving.tables import QuantEmbeddingBags
+from embedding.store import LocalModelStore, ModelStore, open_store
+from unirec.logs import get_logger, log_event
+
+logger = get_logger("serving")
+
+
+def _replace_tables(model: DCNModel, artifact: FullArtifact) -> dict[str, QuantEmbeddingBags]:
+    """Swap every EmbeddingBagCollection of the embedding method for quantised lookups."""
+    stored = artifact.tables
+    swapped: dict[str, QuantEmbeddingBags] = {}
+    for path, module in list(model.sparse.named_modules()):
+        if type(module) is not EmbeddingBagCollection:
+            continue
+        if not path:
+            raise ArtifactError(f"method {artifact.manifest.method!r} is itself a collection; cannot serve it")
+        prefix = f"sparse.{path}.embedding_bags."
+        configs = module.embedding_bag_configs()
+        keys = {cfg.name: f"{prefix}{cfg.name}.weight" for cfg in configs}
+        missing = [k for k in keys.values() if k not in stored]
+        if missing:
+            raise ArtifactError(f"tables.safetensors: no rows for {missing} (check: tables)")
+        quant = QuantEmbeddingBags(configs, artifact.manifest.quantization, {n: stored[k] for n, k in keys.items()})
+        parent_path, _, child = path.rpartition(".")
+        parent = model.sparse.get_submodule(parent_path) if parent_path else model.sparse
+        setattr(parent, child, quant)
+        swapped[f"sparse.{path}"] = quant
+    return swapped
+
+
+def _tensors_on_meta(module: nn.Module) -> list[str]:
+    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+
+
+def _build_serving_module(artifact: FullArtifact) -> tuple[DCNModel, dict[str, QuantEmbeddingBags]]:
+    manifest = artifact.manifest
+    table_keys = {t.key for t in manifest.tables}
+    for meta in (True, False):
+        with torch.random.fork_rng():
+            try:
+                model = build_model(artifact.schema, manifest.config, device="meta" if meta else "cpu")
+            except (TypeError, RuntimeError, NotImplementedError):
+                if not meta:
+                    raise
+                continue
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(artifact.params) - table_keys)
+        unexpected = sorted(set(artifact.params) - set(expected))
+        if missing or unexpected or not table_keys <= set(expected):
+            raise ArtifactError(
+                f"params.safetensors does not match method {manifest.method!r}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]} (check: tensors)"
+            )
+        params = {}
+        for key, value in artifact.params.items():
+            want = expected[key]
+            if tuple(value.shape) != tuple(want.shape):
+                raise ArtifactError(
+                    f"params.safetensors: {key!r} has shape {tuple(value.shape)}, model expects "
+                    f"{tuple(want.shape)} (check: tensor shape)"
+                )
+            params[key] = value.to(want.dtype).clone()
+        model.load_state_dict(params, strict=False, assign=True)
+        swapped = _replace_tables(model, artifact)
+        if not _tensors_on_meta(model):
+            return model.eval(), swapped
+        # the method kept other state on the meta device: build everything on CPU instead
+    raise ArtifactError(f"method {manifest.method!r} left tensors unset: {_tensors_on_meta(model)[:5]}")
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """An immutable, ready-to-serve model of one full version plus deltas 1..seq."""
+
+    module: DCNModel
+    manifest: Manifest
+    schema: FeatureSchema
+    seq: int = 0
+    delta: DeltaManifest | None = None
+    """The last applied delta (None right after a full load)."""
+    tables: dict[str, QuantEmbeddingBags] = field(default_factory=dict, repr=False)
+    seen: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    """Table key -> bool [rows]: rows ever updated in training (when the trainer exported it)."""
+
+    @property
+    def base_version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def version(self) -> str:
+        """`v0000000007` for a full version, `v0000000007+3` after its third delta."""
+        return self.base_version if self.seq == 0 else f"{self.base_version}+{self.seq}"
+
+    @property
+    def watermark_ms(self) -> int | None:
+        """Event-time watermark of the newest weights (the last delta's, else the full export's)."""
+        return self.delta.watermark_ms if self.delta is not None else self.manifest.watermark_ms
+
+    def predict(self, batch: FeatureBatch) -> torch.Tensor:
+        """Click probabilities [batch]."""
+        with torch.inference_mode():
+            if len(batch) == 0:
+                return torch.empty(0)
+            return torch.sigmoid(self.module(batch.sparse, batch.dense))
+
+    def logits(self, batch: FeatureBatch) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch.sparse, batch.dense)
+
+    def apply_delta(self, delta: DeltaArtifact) -> ServingModel:
+        """A new model with `delta` applied (this one is untouched). ArtifactError when the delta is
+        for another version, out of sequence (a gap: fall back to the next full export), or for
+        another schema, method or quantisation."""
+        d = delta.manifest
+        label = f"delta {d.version}"
+        if d.base_version != self.base_version:
+            raise ArtifactError(f"{label}: delta of {d.base_version}, serving {self.version} (check: base version)")
+        if d.seq != self.seq + 1:
+            raise ArtifactError(
+                f"{label}: gap, serving {self.version} needs delta {self.seq + 1} next (check: sequence); "
+                "load the next full export"
+            )
+        for name in ("schema_fingerprint", "method", "quantization", "sparse_dtype"):
+            if getattr(d, name) != getattr(self.manifest, name):
+                raise ArtifactError(f"{label}: {name} {getattr(d, name)!r} != {getattr(self.manifest, name)!r}")
+        by_module: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for key, rows in delta.rows.items():
+            path, sep, rest = key.partition(".embedding_bags.")
+            if not sep or path not in self.tables:
+                raise ArtifactError(f"{label}: rows of unknown table {key!r} (check: tables)")
+            by_module.setdefault(path, {})[rest.removesuffix(".weight")] = rows
+        # copy the module without deep-copying the (large) quantised tables, then clone those
+        memo = {id(quant): quant for quant in self.tables.values()}
+        module = copy.deepcopy(self.module, memo)
+        tables: dict[str, QuantEmbeddingBags] = {}
+        for path, quant in self.tables.items():
+            updates = by_module.get(path)
+            if updates:
+                quant = quant.clone()
+                for name, (ids, stored) in updates.items():
+                    quant.write_rows(name, ids, stored)
+            parent_path, _, child = path.rpartition(".")
+            setattr(module.get_submodule(parent_path), child, quant)
+            tables[path] = quant
+        expected = module.state_dict()
+        unknown = sorted(set(delta.params) - set(expected))
+        if unknown:
+            raise ArtifactError(f"{label}: params for unknown tensors {unknown[:5]} (check: tensors)")
+        with torch.no_grad():
+            for key, value in delta.params.items():
+                target = expected[key]
+                if target.shape != value.shape:
+                    raise ArtifactError(f"{label}: {key!r} has shape {tuple(value.shape)} (check: tensor shape)")
+                target.copy_(value)
+        seen = None
+        if self.seen is not None:
+            seen = dict(self.seen)
+            for key, (ids, _) in delta.rows.items():
+                if key in seen:
+                    seen[key] = seen[key].clone()
+                    seen[key][ids] = True
+        log_event(logger, "delta applied", version=d.version, rows=sum(d.tables.values()))
+        return ServingModel(module.eval(), self.manifest, self.schema, d.seq, d, tables, seen)
+
+    def seen_mask(self, batch: FeatureBatch) -> dict[str, torch.Tensor] | None:
+        """Per sparse feature, a bool per looked-up value (the feature's jagged values, in order):
+        True when every row it reads was updated in training. None when the artifact carries no
+        seen rows or the method does not expose its row hashing (unified embedding does)."""
+        logical = self._logical_seen()
+        if logical is None:
+            return None
+        method = self.module.sparse
+        out = {}
+        for spec in self.schema.sparse:
+            values = batch.sparse[spec.name].values()
+            mask = torch.ones(values.shape[0], dtype=torch.bool)
+            for j in range(spec.lookups):
+                mask &= logical[method.hash_for(spec.name, j)(values)]
+            out[spec.name] = mask
+        return out
+
+    def _logical_seen(self) -> torch.Tensor | None:
+        from embedding.methods.unified import UnifiedEmbedding
+
+        method = self.module.sparse
+        if self.seen is None or not isinstance(method, UnifiedEmbedding):
+            return None
+        cached = self.__dict__.get("_logical")
+        if cached is None:
+            blocks = []
+            for b in range(method.num_blocks):
+                suffix = f".embedding_bags.{method.table_name(b)}.weight"
+                key = next((k for k in self.seen if k.endswith(suffix)), None)
+                if key is None:
+                    return None
+                blocks.append(self.seen[key])
+            cached = torch.cat(blocks)
+            object.__setattr__(self, "_logical", cached)
+        return cached
+
+    def refresh(self, store: ModelStore) -> ServingModel:
+        """Catch up with `store`: self when current, deltas applied when they follow on, or the
+        store's serving version loaded in full (a new export, a rollback, or a gap)."""
+        target = store.serving_version()
+        if target is None:
+            return self
+        if target == self.base_version:
+            model = self
+            for seq in store.deltas(target):
+                if seq <= model.seq:
+                    continue
+                try:
+                    model = model.apply_delta(load_delta(store, target, seq, model.manifest))
+                except ArtifactError as exc:
+                    log_event(logger, "delta refused", version=target, seq=seq, error=str(exc))
+                    break
+            return model
+        return load_serving_model(store, target, expected_schema=self.schema)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary for status endpoints."""
+        return {
+            "version": self.version,
+            "base_version": self.base_version,
+            "seq": self.seq,
+            "method": self.manifest.method,
+            "quantization": self.manifest.quantization,
+            "watermark_ms": self.watermark_ms,
+            "schema": self.schema.name,
+            "schema_fingerprint": self.manifest.schema_fingerprint,
+        }
+
+
+def _source(store_or_path: ModelStore | str | Path, version: str | None) -> tuple[Source, ModelStore | None]:
+    if isinstance(store_or_path, ModelStore):
+        store: ModelStore | None = store_or_path
+    elif str(store_or_path).startswith(("redis://", "rediss://", "unix://")):
+        store = open_store(str(store_or_path))
+    else:
+        path = Path(store_or_path)
+        if (path / MANIFEST).exists():
+            if version is not None and path.name != version:
+                raise ArtifactError(f"{path} is one artifact ({path.name}); cannot pick version {version}")
+            return DirSource(path), None
+        if not (path / "versions").is_dir():
+            raise ArtifactError(f"{path}: neither an artifact directory ({MANIFEST}) nor a model store (versions/)")
+        store = LocalModelStore(path)
+    version = version or store.serving_version()
+    if version is None:
+        raise ArtifactError(f"{store.uri}: the model store holds no versions yet")
+    if version not in store.versions():
+        raise ArtifactError(f"{store.uri}: no version {version}; it holds {store.versions()}")
+    return StoreSource(store, version), store
+
+
+def load_serving_model(
+    store_or_path: ModelStore | str | Path,
+    version: str | None = None,
+    expected_schema: FeatureSchema | None = None,
+) -> ServingModel:
+    """Verify and load a full artifact: a store (its serving version unless `version` is given), a
+    store directory or URL, or one artifact directory. Every checksum is verified before anything
+    is built; ArtifactError names the file and the failed check."""
+    source, _ = _source(store_or_path, version)
+    artifact = read_full(source, expected_schema)
+    module, tables = _build_serving_module(artifact)
+    model = ServingModel(module, artifact.manifest, artifact.schema, 0, None, tables, artifact.seen)
+    log_event(
+        logger,
+        "model loaded",
+        version=model.version,
+        method=artifact.manifest.method,
+        quantization=artifact.manifest.quantization,
+        source=source.label,
+    )
+    return model
+
+
+def load_delta(
+    store_or_path: ModelStore | str | Path, version: str, seq: int, base: Manifest | None = None
+) -> DeltaArtifact:
+    """Verify and read delta `seq` of `version` from a store (or a store directory / URL)."""
+    store = store_or_path if isinstance(store_or_path, ModelStore) else open_store(str(store_or_path))
+    if seq not in store.deltas(version):
+        raise ArtifactError(
+            f"{store.uri}: no delta {seq} of {version}; it has {store.deltas(version)} (check: presence)"
+        )
+    return read_delta(StoreSource(store, version, seq), base)
