@@ -25,6 +25,11 @@ from unirec.settings import CommonSettings
 churn_app = typer.Typer(help="Vocabulary churn of the features sharing the unified table.", no_args_is_help=True)
 
 
+@churn_app.callback()
+def _group() -> None:
+    """Vocabulary churn of the features sharing the unified table (numbers merged over ranks, from Redis)."""
+
+
 def sizing(summary: dict[str, Any], target: float) -> dict[str, Any]:
     """Rows the unified table needs so that every feature's expected collision rate is <= `target`,
     given the distinct IDs of one merged window (balls into bins, see trainer/churn/load.py)."""
