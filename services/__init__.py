@@ -1,0 +1,1 @@
+"""unirec services: the FastAPI inference service (`services.inference`) and the event tools."""

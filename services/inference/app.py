@@ -1,0 +1,121 @@
+"""The FastAPI inference service.
+
+    unirec serve --workers 2                              # uvicorn, settings from UNIREC_SERVE_*
+    uvicorn --factory services.inference.app:create_app   # the same app, for other servers
+
+Routes: `POST /v1/predict`, `GET /v1/model`, `POST /v1/model/reload|rollback` (admin),
+`GET /v1/status`, `GET /healthz`, `GET /readyz`, `GET /metrics`, the status page at `/`, and
+`/openapi.json` + `/docs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import torch
+from fastapi import FastAPI
+
+from embedding.schema import FeatureSchema, load_schema
+from services.inference.churn import ChurnReader
+from services.inference.deps import settings_of
+from services.inference.errors import ServiceError, service_error_handler
+from services.inference.follower import Follower
+from services.inference.metrics import ServeMetrics
+from services.inference.middleware import RequestObserver
+from services.inference.model_holder import LoadFailed, ModelHolder, NothingToServe
+from services.inference.routers import health, model, predict, status
+from services.inference.settings import ServeSettings
+from services.inference.source import ModelSource
+from unirec.logs import configure_logging, get_logger, log_event
+
+logger = get_logger("serve")
+
+SourceFactory = Callable[[ServeSettings, FeatureSchema | None], ModelSource]
+
+
+def store_source(settings: ServeSettings, expected_schema: FeatureSchema | None) -> ModelSource:
+    """The model store named by the settings, read with the shared loader."""
+    from services.inference.registry import StoreRegistry
+
+    return StoreRegistry(settings.model_store, expected_schema)
+
+
+def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
+    """A new app; `source_factory` replaces the model store (tests, embedding the service elsewhere)."""
+    metrics = ServeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings = settings_of(app)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        expected = load_schema(settings.expected_schema) if settings.expected_schema else None
+        source = (source_factory or store_source)(settings, expected)
+        holder = ModelHolder(source, metrics, expected, settings.keep_versions)
+        app.state.settings = settings
+        app.state.holder = holder
+        app.state.limiter = anyio.CapacityLimiter(settings.inference_threads)
+        app.state.churn = ChurnReader(settings.redis_url)
+        app.state.follower = None
+        log_event(logger, "starting", source=source.describe(), **settings.redacted())
+        if settings.api_key is None:
+            log_event(logger, "no_api_key", logging.WARNING, detail="admin routes are open: set UNIREC_SERVE_API_KEY")
+        try:
+            served = await anyio.to_thread.run_sync(holder.load)
+            log_event(logger, "ready", version=served.version)
+        except (LoadFailed, NothingToServe) as exc:
+            log_event(logger, "not_ready", logging.WARNING, detail=str(exc), store=source.describe())
+        if settings.follow:
+            app.state.follower = Follower(holder, metrics, settings.redis_url, settings.poll_interval_s)
+            app.state.follower.start()
+        try:
+            yield
+        finally:
+            if app.state.follower is not None:
+                await anyio.to_thread.run_sync(app.state.follower.stop)
+            log_event(logger, "stopped")
+
+    app = FastAPI(
+        title="unirec inference",
+        summary="Click probabilities from the latest exported unified-embedding model, swapped without downtime.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    routes: set[str] = set()
+    app.add_middleware(RequestObserver, metrics=metrics, logger=get_logger("serve.access"), routes=routes)
+    app.add_exception_handler(ServiceError, service_error_handler)
+    app.include_router(predict.router, prefix="/v1")
+    app.include_router(model.router, prefix="/v1")
+    app.include_router(status.router, prefix="/v1")
+    app.include_router(health.router)
+    app.include_router(status.page_router)
+    _document_msgspec_bodies(app)
+    routes.update(app.openapi()["paths"], ("/", app.openapi_url, app.docs_url, app.redoc_url))
+    return app
+
+
+def serve_app() -> FastAPI:
+    """The app as `unirec serve` runs it in each worker: JSON log lines, settings from the environment."""
+    from services.inference.deps import get_settings
+
+    configure_logging(get_settings().log_level, json_lines=True)
+    return create_app()
+
+
+def _document_msgspec_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies decoded by msgspec (declared with `openapi_extra`) to the components."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(predict.REQUEST_SCHEMAS["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,94 @@
+"""Dependencies of the routes, as `Annotated` aliases (the FastAPI way: handlers stay small)."""
+
+from __future__ import annotations
+
+import hmac
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from services.inference.follower import Follower
+from services.inference.metrics import ServeMetrics
+from services.inference.model_holder import ModelHolder, Served
+from services.inference.settings import ServeSettings
+
+
+@lru_cache
+def get_settings() -> ServeSettings:
+    """One settings object per process; tests replace it with `app.dependency_overrides`."""
+    return ServeSettings()
+
+
+def settings_of(request_app: object) -> ServeSettings:
+    """The settings the app runs with, honouring a test's override (for the lifespan, outside a request)."""
+    overrides = getattr(request_app, "dependency_overrides", {})
+    return overrides.get(get_settings, get_settings)()
+
+
+def get_holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+def get_metrics(request: Request) -> ServeMetrics:
+    return request.app.state.metrics
+
+
+def get_follower(request: Request) -> Follower | None:
+    return request.app.state.follower
+
+
+def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
+    """The model for this request, taken once: a swap during the request does not affect it."""
+    served = holder.current
+    if served is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded yet", headers={"Retry-After": "5"})
+    return served
+
+
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+MetricsDep = Annotated[ServeMetrics, Depends(get_metrics)]
+FollowerDep = Annotated[Follower | None, Depends(get_follower)]
+ServedDep = Annotated[Served, Depends(get_served)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key.")
+_bearer = HTTPBearer(auto_error=False, description="The service's API key as a bearer token.")
+
+
+def _check_key(settings: ServeSettings, header: str | None, bearer: HTTPAuthorizationCredentials | None) -> None:
+    if settings.api_key is None:
+        return
+    given = header or (bearer.credentials if bearer is not None else None)
+    if given is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "API key required: send it as X-API-Key or Authorization: Bearer",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "API key not valid")
+
+
+def require_admin(
+    settings: SettingsDep,
+    header: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Admin routes: the API key is required whenever one is configured."""
+    _check_key(settings, header, bearer)
+
+
+def require_predict_key(
+    settings: SettingsDep,
+    header: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Predict: the API key is required only with `predict_requires_key`."""
+    if settings.predict_requires_key:
+        _check_key(settings, header, bearer)
+
+
+AdminAuth = Depends(require_admin)
+PredictAuth = Depends(require_predict_key)

@@ -1,0 +1,103 @@
+"""The service's Prometheus metrics (`unirec_serve_*`, names fixed by docs/metrics.md).
+
+Each app owns one `ServeMetrics` with its own registry, so several apps in one process (tests)
+never collide. With several uvicorn workers, `unirec serve` sets `PROMETHEUS_MULTIPROC_DIR`
+before the workers start; every worker then writes its samples there and `/metrics` (served by
+whichever worker the scrape reaches) aggregates all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess_dir() is not None
+        r = self.registry
+        self.requests = Counter("unirec_serve_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "unirec_serve_request_latency_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "unirec_serve_batch_size", "Events per predict request", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.model_info = Gauge(
+            "unirec_serve_model_info", "1 for the model version being served", ["version"],
+            multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
+        self.model_age = Gauge(
+            "unirec_serve_model_age_seconds", "Now minus the served model's event-time watermark",
+            multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
+        self.swaps = Counter("unirec_serve_swaps", "Model swaps", ["kind"], registry=r)
+        self.failed_loads = Counter(
+            "unirec_serve_failed_loads", "Artifacts refused (the previous model kept serving)", ["reason"], registry=r
+        )
+        self.unseen_ids = Counter(
+            "unirec_serve_unseen_ids", "Looked-up IDs never seen in training", ["feature"], registry=r
+        )
+        self.lookups = Counter("unirec_serve_lookups", "Looked-up IDs", ["feature"], registry=r)
+        self.missing_features = Counter(
+            "unirec_serve_missing_features", "Events without the feature", ["feature"], registry=r
+        )
+        self.unknown_features = Counter(
+            "unirec_serve_unknown_features", "Events naming a feature the schema does not know", registry=r
+        )
+        self._counts = {"predict_requests": 0, "predictions": 0, "errors": 0, "started_at": time.time()}
+        self._version: str | None = None
+        self._watermark_s: float | None = None
+
+    # -- requests --------------------------------------------------------------------------------
+    def observe_request(self, route: str, status: int, seconds: float, batch: int = 0) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+        if route == "/v1/predict":
+            self._counts["predict_requests"] += 1
+            if status < 300:
+                self._counts["predictions"] += batch
+        if status >= 500:
+            self._counts["errors"] += 1
+
+    def counts(self) -> dict[str, float]:
+        """This process's running totals (the status page turns them into rates)."""
+        return dict(self._counts)
+
+    # -- model -----------------------------------------------------------------------------------
+    def served(self, version: str, watermark_ms: int | None) -> None:
+        """Point the info and age series at a newly served model."""
+        if self._version is not None and self._version != version:
+            if self.multiprocess:  # another worker may still serve it; livemax keeps the truth
+                self.model_info.labels(version=self._version).set(0)
+            else:
+                self.model_info.remove(self._version)
+        self.model_info.labels(version=version).set(1)
+        self._version = version
+        self._watermark_s = watermark_ms / 1000.0 if watermark_ms is not None else None
+        self.refresh_age()
+
+    def refresh_age(self, now: float | None = None) -> None:
+        if self._watermark_s is not None:
+            self.model_age.set(max(0.0, (time.time() if now is None else now) - self._watermark_s))
+
+    # -- exposition ------------------------------------------------------------------------------
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition for `/metrics` and its content type."""
+        self.refresh_age()
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

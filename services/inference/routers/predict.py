@@ -1,0 +1,109 @@
+"""`POST /v1/predict`: one probability per event, batched end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic.json_schema import models_json_schema
+
+from services.inference.codec import RequestInvalid, decode_predict, encode_predictions
+from services.inference.deps import MetricsDep, PredictAuth, ServedDep, SettingsDep
+from services.inference.predictor import score
+from services.inference.schemas import ErrorResponse, PredictRequest, PredictResponse, ValidationErrorResponse
+
+router = APIRouter(tags=["predict"])
+
+# The body is decoded by msgspec (see codec.py); these are the schemas /openapi.json documents for it.
+_, REQUEST_SCHEMAS = models_json_schema([(PredictRequest, "validation")], ref_template="#/components/schemas/{model}")
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/PredictRequest"},
+                "examples": {
+                    "one_event": {
+                        "summary": "One MovieLens event",
+                        "value": PredictRequest.model_json_schema()["examples"][0],
+                    }
+                },
+            },
+            "application/msgpack": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+        },
+    }
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it is known to exceed `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/predict",
+    summary="Score a batch of events",
+    response_model=PredictResponse,
+    dependencies=[PredictAuth],
+    openapi_extra=PREDICT_OPENAPI,
+    responses={
+        401: {"model": ErrorResponse, "description": "API key missing (only with `predict_requires_key`)"},
+        403: {"model": ErrorResponse, "description": "API key not valid"},
+        413: {"model": ErrorResponse, "description": "More events than `max_batch`, or a body over `max_body_bytes`"},
+        422: {"model": ValidationErrorResponse, "description": "Bad input, one entry per bad field"},
+        503: {"model": ErrorResponse, "description": "No model loaded yet"},
+        504: {"model": ErrorResponse, "description": "Scoring took longer than `request_timeout_s`"},
+    },
+)
+async def predict(request: Request, served: ServedDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+    """One probability per event, in order, plus the version of the model that scored them all.
+
+    Events are in the training schema; `label` is ignored. Unknown features, missing features and
+    IDs never seen in training are handled as the model's feature schema says and counted in /metrics.
+    """
+    body = await read_body(request, settings.max_body_bytes)
+    try:
+        events = decode_predict(body, request.headers.get("content-type")).events
+    except RequestInvalid as exc:
+        raise _unprocessable(exc) from exc
+    n = len(events)
+    if n == 0:
+        raise _unprocessable(
+            RequestInvalid([{"type": "too_short", "loc": ["body", "events"], "msg": "at least one event"}])
+        )
+    if n > settings.max_batch:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"{n} events exceed the maximum batch of {settings.max_batch}"
+        )
+    metrics.batch_size.observe(n)
+    request.state.log_fields = {"batch": n, "version": served.version}
+    try:
+        probabilities = await asyncio.wait_for(
+            anyio.to_thread.run_sync(
+                score, served, events, metrics, abandon_on_cancel=True, limiter=request.app.state.limiter
+            ),
+            timeout=settings.request_timeout_s,
+        )
+    except RequestInvalid as exc:
+        raise _unprocessable(exc) from exc
+    except TimeoutError as exc:
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT, f"scoring {n} events took longer than {settings.request_timeout_s} s"
+        ) from exc
+    return Response(encode_predictions(served.version, probabilities), media_type="application/json")
+
+
+def _unprocessable(exc: RequestInvalid) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.details)

@@ -1,0 +1,101 @@
+"""Settings of the inference service (env prefix `UNIREC_SERVE_`, shared ones `UNIREC_`).
+
+    UNIREC_SERVE_PORT=8000 UNIREC_SERVE_API_KEY=s3cret UNIREC_HOME=/var/lib/unirec unirec serve
+
+The fields inherited from `CommonSettings` (`home`, `redis_url`, `kafka_bootstrap`, `log_level`)
+keep their process-wide names (`UNIREC_HOME`, `UNIREC_REDIS_URL`, ...); a `UNIREC_SERVE_` name
+for one of them wins when both are set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from unirec.settings import CommonSettings
+
+_COMMON = frozenset(CommonSettings.model_fields)
+
+
+class _CommonEnv(EnvSettingsSource):
+    """`UNIREC_<name>` for the inherited common fields only, so `UNIREC_HOME` means the same everywhere."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name not in _COMMON:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class ServeSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIREC_SERVE_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    """uvicorn worker processes; each loads its own copy of the model and follows the registry."""
+    api_key: SecretStr | None = None
+    """Required (header `X-API-Key` or `Authorization: Bearer`) on admin routes when set."""
+    predict_requires_key: bool = False
+    """Also require the API key on `POST /v1/predict`."""
+    max_batch: int = Field(1024, ge=1)
+    """Events per predict request; more is answered 413."""
+    max_body_bytes: int = Field(8 << 20, ge=1024)
+    """Request body limit in bytes; more is answered 413."""
+    request_timeout_s: float = Field(2.0, gt=0)
+    """A predict request still running after this long is answered 504."""
+    schema_: str | None = Field(
+        None, validation_alias=AliasChoices("UNIREC_SERVE_SCHEMA", "schema"), serialization_alias="schema"
+    )
+    """Feature schema (shipped name or YAML path) every loaded model must match; None accepts the artifact's."""
+    store: str | None = None
+    """Model store: a directory (default `<home>/models`) or a redis:// URL."""
+    follow: bool = True
+    """Follow the registry (Redis pub/sub, polling as fallback) and swap to new exports."""
+    inference_threads: int = Field(2, ge=1, le=64)
+    """Predict calls scored at once per worker (each in a thread); more wait, within the request timeout."""
+    poll_interval_s: float = Field(5.0, gt=0)
+    """Seconds between polls of the store's latest version (the fallback when pub/sub is silent or down)."""
+    keep_versions: int = Field(3, ge=1, le=32)
+    """Previous models kept in memory for `POST /v1/model/rollback`."""
+    torch_threads: int | None = Field(None, ge=1)
+    """torch intra-op threads per worker; None leaves torch's default."""
+    access_log: bool = True
+    """One JSON log line per request."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        common_env = _CommonEnv(settings_cls, env_prefix="UNIREC_")
+        return init_settings, env_settings, common_env, dotenv_settings, file_secret_settings
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("store must be a directory path or a redis:// URL, got an empty string")
+        return value
+
+    @property
+    def model_store(self) -> str:
+        """Where models are read from: the configured store, else `<home>/models`."""
+        return self.store or str(Path(self.home) / "models")
+
+    @property
+    def expected_schema(self) -> str | None:
+        return self.schema_
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for the start-up log (the API key shown only as set/unset)."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        doc["api_key"] = "set" if self.api_key else None
+        return doc
