@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from services.datasets import data_app
+from services.producer import produce_command
+from services.simulate import simulate_command
 from unirec.infra_cli import infra_app
 from unirec.logs import configure_logging
 from unirec.settings import CommonSettings
@@ -14,6 +17,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(infra_app, name="infra")
+app.add_typer(data_app, name="data")
+app.command("produce")(produce_command)
+app.command("simulate")(simulate_command)
 
 
 @app.callback()
