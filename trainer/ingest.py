@@ -1,9 +1,10 @@
 """Kafka ingestion for one rank: manual assignment, decode, dead-letter, batch, featurize.
 
-A background thread polls the rank's partitions (p % world_size == rank), decodes and validates
-events with msgspec, sends malformed ones to the dead-letter topic (with the reason and the source
-partition/offset in headers), cuts batches by size or max wait, featurizes them, and hands them to
-the training loop through a bounded queue, so Kafka and decoding overlap the training step.
+A background thread polls the rank's partitions (p % world_size == rank), decodes (JSON or msgpack,
+by the `content-type` header) and validates events with msgspec, sends malformed ones to the
+dead-letter topic (with the reason and the source partition/offset in headers), cuts batches by
+size or max wait, featurizes them, and hands them to the training loop through a bounded queue,
+so Kafka and decoding overlap the training step.
 Each batch carries the next offset of every assigned partition after it: the loop stores those in
 checkpoints, which is what makes resume exact.
 """
@@ -20,7 +21,8 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from embedding.events import Event, FeatureBatch, Featurizer, decode_event
+from embedding.events import Event, FeatureBatch, Featurizer
+from embedding.wire import decode_message
 from trainer.errors import TrainerError
 from trainer.telemetry import TrainerMetrics
 from unirec.logs import get_logger, log_event
@@ -179,8 +181,8 @@ class KafkaIngest:
 
     def _decode(self, record: ConsumerRecord) -> Event | None:
         try:
-            event = decode_event(record.value)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            event = decode_message(record.value, record.headers)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             self._dead_letter(record, "invalid_event", str(exc))
             return None
         if event.label is None:

@@ -22,11 +22,13 @@ import torch.distributed as dist
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from embedding.events import FeatureBatch, Featurizer
+from embedding.export import ExportMeta
 from embedding.model import ModelConfig, build_model
 from embedding.schema import FeatureSchema, load_schema
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.distributed import DistContext, init_distributed, shard_model
 from trainer.errors import TrainerError
+from trainer.exporting import ExportScheduler
 from trainer.ingest import Batch, KafkaIngest
 from trainer.progressive import ProgressiveMetrics
 from trainer.settings import TrainerSettings
@@ -122,6 +124,7 @@ class Trainer:
                 self._predictions = stack.enter_context(open(path, "a", buffering=1))
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._request_stop)
+            self.exports = ExportScheduler(s, self.ctx, self.schema, self.config, self.model, self.metrics)
             self.ingest.start()
             self._loop()
             self._checkpoint()  # a clean stop always leaves a final checkpoint
@@ -157,9 +160,9 @@ class Trainer:
             batch = self.ingest.get(timeout=s.max_wait_ms / 1000.0)
             drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
             n_local = len(batch) if batch is not None else 0
-            leader_flags = [clock.due(self.events)] if self.ctx.is_leader else [False]
+            leader_flags = [clock.due(self.events), *self.exports.decide()] if self.ctx.is_leader else [False] * 3
             agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
-            n_total, stop, all_drained, (checkpoint_due,) = agreed
+            n_total, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
             if n_total:
                 self._train(batch)
                 idle_since = None
@@ -170,6 +173,8 @@ class Trainer:
                     return
             if stop:
                 return
+            if full_due or delta_due:
+                self._export(full=full_due)
             if checkpoint_due:
                 self._checkpoint()
                 clock.mark(self.events)
@@ -190,6 +195,7 @@ class Trainer:
     def _train(self, batch: Batch | None) -> None:
         features = batch.features if batch is not None else self._empty
         sparse, dense, labels, weights = pad_batch(features, self.settings.batch_size)
+        self.exports.observe(sparse)
         logits = self.model(sparse.to(self.ctx.device), dense.to(self.ctx.device))
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, labels.to(self.ctx.device), reduction="none"
@@ -240,6 +246,18 @@ class Trainer:
         watermark = t[1:].clone()
         dist.all_reduce(watermark, op=dist.ReduceOp.MAX)
         return self.events_base + int(events), int(watermark)
+
+    def _export(self, full: bool) -> None:
+        offsets = self._global_offsets()
+        events, watermark = self._global_counters()
+        snapshot = {k: v for k, v in self.progressive.snapshot().items() if v == v}  # drop NaN
+        meta = ExportMeta(
+            step=self.step,
+            offsets={self.settings.topic: offsets},
+            watermark_ms=watermark or None,
+            metrics=snapshot | {"events": float(events)},
+        )
+        self.exports.export(full, meta)
 
     def _checkpoint(self) -> None:
         started = time.monotonic()

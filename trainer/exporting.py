@@ -1,0 +1,163 @@
+"""Export scheduling inside the trainer: full artifacts every `export_every_s`, deltas in between.
+
+Every rank takes part (gathering a sharded state dict is collective); rank 0 writes and publishes.
+Rows touched by training are tracked per table on each rank as a byte mask and OR-ed across ranks
+at publication time, so a delta carries exactly the rows updated since the previous publication
+(methods without row tracking send all rows of their tables).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from embedding.export import Exporter, ExportMeta, find_tables
+from embedding.methods import UnifiedEmbedding
+from embedding.model import DCNModel, ModelConfig, build_model
+from embedding.schema import FeatureSchema
+from embedding.store import Publisher, StoreSettings, open_store
+from trainer.distributed import DistContext
+from trainer.settings import TrainerSettings
+from trainer.telemetry import TrainerMetrics
+from unirec.logs import get_logger, log_event
+
+log = get_logger("trainer.export")
+
+
+def gather_state(model: torch.nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
+    """The full, unsharded state dict on rank 0 (collective; other ranks get an empty dict)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            full = torch.empty(value.size(), dtype=value.dtype) if ctx.is_leader else None
+            value.gather(dst=0, out=full)
+            if ctx.is_leader:
+                out[key] = full  # type: ignore[assignment]
+        elif ctx.is_leader:
+            out[key] = value.detach().cpu()
+    return out
+
+
+class _SafePublisher(Publisher):
+    """A publisher whose failures are logged, not raised: the artifact is already in the store and
+    the service's polling fallback finds it."""
+
+    def publish(self, notification: Any) -> None:
+        try:
+            super().publish(notification)
+        except redis.RedisError as exc:
+            log_event(log, "publish_failed", version=notification.version, kind=notification.kind, error=str(exc))
+
+
+class ExportScheduler:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        ctx: DistContext,
+        schema: FeatureSchema,
+        config: ModelConfig,
+        model: torch.nn.Module,
+        metrics: TrainerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.schema = schema
+        self.config = config
+        self.model = model
+        self.metrics = metrics
+        layout: DCNModel = build_model(schema, config, device="meta")
+        self.tables = {t.key: t.rows for t in find_tables(layout.sparse)}
+        inner = getattr(model, "module", model)
+        self.unified: UnifiedEmbedding | None = inner.sparse if isinstance(inner.sparse, UnifiedEmbedding) else None
+        self.touched = {key: torch.zeros(rows, dtype=torch.uint8) for key, rows in self.tables.items()}
+        self.seen = {key: torch.zeros(rows, dtype=torch.uint8) for key, rows in self.tables.items()}
+        self.exporter: Exporter | None = None
+        if ctx.is_leader:
+            store_settings = StoreSettings(home=settings.home, redis_url=settings.redis_url)
+            store = open_store(settings=store_settings)
+            publisher = _SafePublisher(
+                settings.redis_url, store_settings.model_channel, store_settings.model_latest_key
+            )
+            self.exporter = Exporter(
+                store,
+                settings.quantization,
+                publisher=publisher,
+                retention=store_settings.model_retention,
+                delta_interval_s=settings.delta_every_s,
+            )
+            log_event(log, "exporter", store=store.uri, quantization=settings.quantization)
+        now = time.monotonic()
+        self._last_full = now - settings.export_every_s + min(settings.export_every_s, 5.0)
+        self._last_delta = now
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.export_every_s > 0
+
+    def observe(self, sparse: KeyedJaggedTensor) -> None:
+        """Mark the table rows this batch updates (unified embedding: exact rows of every lookup)."""
+        if self.unified is None:
+            return
+        rows, _ = self.unified.rows(sparse)
+        block = torch.div(rows, self.unified.block_rows, rounding_mode="floor")
+        local = rows - block * self.unified.block_rows
+        for b in torch.unique(block).tolist():
+            key = f"sparse.ebc.embedding_bags.{UnifiedEmbedding.table_name(b)}.weight"
+            self.touched[key][local[block == b]] = 1
+
+    def decide(self) -> tuple[bool, bool]:
+        """(full due, delta due) by the leader's clock; the loop agrees on them across ranks."""
+        if not self.enabled:
+            return False, False
+        now = time.monotonic()
+        full = now - self._last_full >= self.settings.export_every_s
+        delta = (
+            not full
+            and self.settings.delta_every_s > 0
+            and self.exporter is not None
+            and self.exporter.base is not None
+            and now - self._last_delta >= self.settings.delta_every_s
+        )
+        return full, delta
+
+    def _union_touched(self) -> dict[str, torch.Tensor]:
+        """OR the touched masks across ranks, fold them into `seen`, reset them; returns the union."""
+        union = {}
+        for key, mask in self.touched.items():
+            reduced = mask.clone()
+            dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+            union[key] = reduced.bool()
+            self.seen[key] |= reduced
+            mask.zero_()
+        return union
+
+    def export(self, full: bool, meta: ExportMeta) -> None:
+        """Collective: every rank calls it with the same `full`."""
+        started = time.monotonic()
+        touched = self._union_touched()
+        state = gather_state(self.model, self.ctx)
+        if self.exporter is not None:
+            source = (self.schema, self.config, state)
+            if full or self.exporter.base is None:
+                seen = {k: v.bool() for k, v in self.seen.items()}
+                manifest = self.exporter.export_full(source, meta, seen_rows=seen)
+                kind, version = "full", manifest.version
+            else:
+                if self.unified is None:
+                    rows = {key: torch.arange(n) for key, n in self.tables.items()}
+                else:
+                    rows = {key: mask.nonzero().squeeze(1) for key, mask in touched.items() if mask.any()}
+                delta = self.exporter.export_delta(rows, source, meta)
+                kind, version = "delta", f"{delta.base_version}+{delta.seq}"
+            self.metrics.exports(kind).inc()
+            log_event(log, "exported", kind=kind, version=version, seconds=round(time.monotonic() - started, 3))
+        now = time.monotonic()
+        self._last_delta = now
+        if full:
+            self._last_full = now
