@@ -7,6 +7,8 @@ import typer
 from services.datasets import data_app
 from services.producer import produce_command
 from services.simulate import simulate_command
+from trainer.churn.report import churn_app
+from trainer.cli import train_command
 from unirec.infra_cli import infra_app
 from unirec.logs import configure_logging
 from unirec.settings import CommonSettings
@@ -20,6 +22,8 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(data_app, name="data")
 app.command("produce")(produce_command)
 app.command("simulate")(simulate_command)
+app.add_typer(churn_app, name="churn")
+app.command("train")(train_command)
 
 
 @app.callback()
