@@ -127,21 +127,25 @@ Environment shared by the trainer and the service: Kafka, Redis, home, schema, s
   value: {{ .Values.home | quote }}
 - name: UNIREC_KAFKA_BOOTSTRAP
   value: {{ required "kafka.bootstrap is required: host:port[,host:port...] of the Kafka brokers" .Values.kafka.bootstrap | quote }}
-{{- if .Values.redis.existingSecret }}
 - name: UNIREC_REDIS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.existingSecretKey }}
-{{- else }}
-- name: UNIREC_REDIS_URL
-  value: {{ required "redis.url is required (or redis.existingSecret)" .Values.redis.url | quote }}
-{{- end }}
+  {{- include "unirec.redisUrlSource" . | nindent 2 }}
 - name: UNIREC_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- if eq .Values.modelStore.backend "redis" }}
 - name: UNIREC_STORE
   value: redis
+{{- end }}
+{{- end }}
+
+{{/* UNIREC_REDIS_URL's value source, reused where another setting takes the same URL. */}}
+{{- define "unirec.redisUrlSource" -}}
+{{- if .Values.redis.existingSecret -}}
+valueFrom:
+  secretKeyRef:
+    name: {{ .Values.redis.existingSecret }}
+    key: {{ .Values.redis.existingSecretKey }}
+{{- else -}}
+value: {{ required "redis.url is required (or redis.existingSecret)" .Values.redis.url | quote }}
 {{- end }}
 {{- end }}
 
