@@ -43,15 +43,12 @@ def validation_details(exc: msgspec.ValidationError) -> list[dict[str, Any]]:
     """msgspec's `Expected int, got str - at $.events[0].ts` as FastAPI's `{loc, msg, type}`."""
     text = str(exc)
     match = _PATH.search(text)
-    if match is None:
-        return [detail(["body"], text, "type_error")]
-    msg = text[: match.start()]
-    loc = _loc(match.group("path"))
+    msg, loc = (text, ["body"]) if match is None else (text[: match.start()], _loc(match.group("path")))
     field = _FIELD.match(msg)
     if field is not None:  # FastAPI names the missing or extra field itself in `loc`
         loc.append(field.group("name"))
         return [detail(loc, msg, "missing" if field.group("what") == "missing required" else "extra_forbidden")]
-    return [detail(loc, msg, "value_error")]
+    return [detail(loc, msg, "value_error" if match is not None else "type_error")]
 
 
 def decode_predict(body: bytes, content_type: str | None) -> PredictBody:

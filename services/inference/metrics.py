@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SWAP_KINDS = ("full", "delta", "rollback")
+FAILURE_REASONS = ("checksum", "gap", "missing", "schema", "format", "error")
+"""Labels of `unirec_serve_failed_loads_total{reason}` (see model_holder.failure_reason)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -56,6 +60,10 @@ class ServeMetrics:
         self.unknown_features = Counter(
             "unirec_serve_unknown_features", "Events naming a feature the schema does not know", registry=r
         )
+        for kind in SWAP_KINDS:  # every series exists from the start, so rate() and alerts see zeros
+            self.swaps.labels(kind=kind)
+        for reason in FAILURE_REASONS:
+            self.failed_loads.labels(reason=reason)
         self._counts = {"predict_requests": 0, "predictions": 0, "errors": 0, "started_at": time.time()}
         self._version: str | None = None
         self._watermark_s: float | None = None
@@ -76,8 +84,11 @@ class ServeMetrics:
         return dict(self._counts)
 
     # -- model -----------------------------------------------------------------------------------
-    def served(self, version: str, watermark_ms: int | None) -> None:
-        """Point the info and age series at a newly served model."""
+    def served(self, version: str, watermark_ms: int | None, features: Sequence[str] = ()) -> None:
+        """Point the info and age series at a newly served model; create its per-feature series."""
+        for name in features:
+            for family in (self.lookups, self.unseen_ids, self.missing_features):
+                family.labels(feature=name)
         if self._version is not None and self._version != version:
             if self.multiprocess:  # another worker may still serve it; livemax keeps the truth
                 self.model_info.labels(version=self._version).set(0)

@@ -54,11 +54,10 @@ _REASON_OF_CHECK = {
     "feature schema": "schema",
     "schema_fingerprint": "schema",
 }
-REASONS = ("checksum", "gap", "missing", "schema", "format", "error")
 
 
 def failure_reason(exc: BaseException) -> str:
-    """One of `REASONS`, the label of `unirec_serve_failed_loads_total{reason}`."""
+    """One of `metrics.FAILURE_REASONS`, the label of `unirec_serve_failed_loads_total{reason}`."""
     if isinstance(exc, SchemaError):
         return "schema"
     if isinstance(exc, FileNotFoundError):
@@ -260,7 +259,7 @@ class ModelHolder:
         self._current = served  # the swap: one reference assignment
         self._refused.pop(served.version, None)
         self.metrics.swaps.labels(kind=kind or served.kind).inc()
-        self.metrics.served(served.version, served.watermark_ms)
+        self.metrics.served(served.version, served.watermark_ms, served.model.schema.sparse_names)
 
     def rollback(self) -> Served:
         """Serve the previous model again and pin it (the follower stops until `load(..., unpin=True)`)."""
@@ -272,7 +271,7 @@ class ModelHolder:
             self._current = previous
             self.pinned = True
             self.metrics.swaps.labels(kind="rollback").inc()
-            self.metrics.served(previous.version, previous.watermark_ms)
+            self.metrics.served(previous.version, previous.watermark_ms, previous.model.schema.sparse_names)
             log_event(
                 logger, "model_rolled_back", version=previous.version, previous=current.version if current else None
             )
