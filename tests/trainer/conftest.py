@@ -52,6 +52,8 @@ def trainer_env(home: Path, bootstrap: str, topic: str, **settings: object) -> d
 
 def start_trainer(env: dict[str, str], nproc: int = 1, log: Path | None = None) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "unirec.cli", "train", "--nproc", str(nproc)]
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
