@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from services.datasets import data_app
+from services.inference.cli import serve_command
 from services.producer import produce_command
 from services.simulate import simulate_command
 from trainer.churn.report import churn_app
 from trainer.cli import train_command
 from unirec.infra_cli import infra_app
 from unirec.logs import configure_logging
+from unirec.models_cli import models_app
 from unirec.settings import CommonSettings
 
 app = typer.Typer(
@@ -24,6 +26,8 @@ app.command("produce")(produce_command)
 app.command("simulate")(simulate_command)
 app.add_typer(churn_app, name="churn")
 app.command("train")(train_command)
+app.command("serve")(serve_command)
+app.add_typer(models_app, name="models")
 
 
 @app.callback()
