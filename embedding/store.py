@@ -16,7 +16,8 @@ pointer (`rollback`) names the version to serve; without it the newest version i
 
 `Publisher` announces each export on Redis: the newest publication under a key
 (`unirec:models:latest`) and a pub/sub message on a channel (`unirec:models`), both JSON
-`{"version", "kind": "full"|"delta"|"pointer", "seq", "serving", ...}`.
+`{"version", "kind": "full"|"delta"|"pointer", "base_version", "seq", "serving", ...}`, where
+`version` is `v0000000007` for a full export and `v0000000007+3` for its third delta.
 """
 
 from __future__ import annotations
@@ -405,10 +406,13 @@ class Notification(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str
-    """The full version: the export itself, the base of a delta, or the new pointer target."""
+    """What a service should move to: `v0000000007` (a full export, or the new pointer target) or
+    `v0000000007+3` (that version with its deltas 1..3), as in `ServingModel.version`."""
     kind: Literal["full", "delta", "pointer"]
+    base_version: str = ""
+    """The full version (`version` without the `+seq`)."""
     seq: int = 0
-    """Delta sequence number (1, 2, ...) after `version`; 0 for a full export."""
+    """Delta sequence number (1, 2, ...) after `base_version`; 0 for a full export."""
     serving: str | None = None
     """What the service should serve now (the pointer when pinned, else the newest version)."""
     store: str = ""

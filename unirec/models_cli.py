@@ -94,7 +94,13 @@ def _announce(model_store: ModelStore, version: str, publish: bool) -> None:
     try:
         publisher = Publisher(settings.redis_url, settings.model_channel, settings.model_latest_key)
         publisher.publish(
-            Notification(version=version, kind="pointer", serving=model_store.serving_version(), store=model_store.uri)
+            Notification(
+                version=version,
+                kind="pointer",
+                base_version=version,
+                serving=model_store.serving_version(),
+                store=model_store.uri,
+            )
         )
         publisher.close()
     except Exception as exc:  # noqa: BLE001  (the pointer is set; only the push failed)

@@ -255,6 +255,7 @@ def export_model(
             Notification(
                 version=version,
                 kind="full",
+                base_version=version,
                 serving=store.serving_version(),
                 store=store.uri,
                 watermark_ms=meta.watermark_ms,
@@ -408,8 +409,9 @@ class Exporter:
         if self.publisher is not None:
             self.publisher.publish(
                 Notification(
-                    version=base_version,
+                    version=f"{base_version}+{seq}",
                     kind="delta",
+                    base_version=base_version,
                     seq=seq,
                     serving=self.store.serving_version(),
                     store=self.store.uri,

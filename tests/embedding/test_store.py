@@ -120,11 +120,15 @@ def test_publisher_sets_latest_and_notifies_subscribers(redis_url: str) -> None:
     pubsub = publisher.client.pubsub()
     pubsub.subscribe(channel)
     assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    publisher.publish(Notification(version="v0000000003", kind="delta", seq=2, serving="v0000000003", store="x"))
+    publisher.publish(
+        Notification(
+            version="v0000000003+2", kind="delta", base_version="v0000000003", seq=2, serving="v0000000003", store="x"
+        )
+    )
     message = pubsub.get_message(timeout=2)
     assert message is not None and message["type"] == "message"
     doc = orjson.loads(message["data"])
-    assert (doc["version"], doc["kind"], doc["seq"], doc["serving"]) == ("v0000000003", "delta", 2, "v0000000003")
+    assert (doc["version"], doc["kind"], doc["seq"], doc["serving"]) == ("v0000000003+2", "delta", 2, "v0000000003")
     assert publisher.latest() == Notification.model_validate(doc)
     pubsub.close()
     publisher.close()

@@ -37,7 +37,12 @@ def test_export_publish_and_serve_through_redis(trained: DCNModel, batch: Featur
 
         exporter.export_delta({"unified_1": torch.arange(5)}, trained, ExportMeta(step=2))
         note = orjson.loads(pubsub.get_message(timeout=2)["data"])
-        assert (note["kind"], note["seq"]) == ("delta", 1)
+        assert (note["version"], note["kind"], note["base_version"], note["seq"]) == (
+            f"{base.version}+1",
+            "delta",
+            base.version,
+            1,
+        )
         served = served.apply_delta(load_delta(store, base.version, 1))
         assert served.version == f"{base.version}+1"
 
