@@ -222,8 +222,8 @@ def read_full(source: Source, expected_schema: FeatureSchema | None = None) -> F
     tables = _load_st(source, TABLES, data[TABLES])
     for table in manifest.tables:
         tensor = tables.get(table.key)
-        shape = stored_shape(manifest.quantization, table.rows, table.dim)
-        dtype = stored_dtype(manifest.quantization)
+        shape = stored_shape(table.quantization, table.rows, table.dim)
+        dtype = stored_dtype(table.quantization)
         if tensor is None or tuple(tensor.shape) != shape or tensor.dtype != dtype:
             got = "absent" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)}"
             raise _fail(source, TABLES, "tensor shape", f"table {table.key!r} is {got}, expected {dtype} {shape}")

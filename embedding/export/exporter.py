@@ -36,7 +36,7 @@ from embedding.export.manifest import (
     TableEntry,
     utc_now,
 )
-from embedding.export.quantize import check_quantization, quantize_rows
+from embedding.export.quantize import check_quantization, quantize_rows, table_quantization
 from embedding.model import DCNModel, ModelConfig, build_model
 from embedding.schema import FeatureSchema
 from embedding.store import ModelStore, Notification, Publisher
@@ -48,8 +48,9 @@ ModelSource = DCNModel | tuple[FeatureSchema, ModelConfig, Mapping[str, torch.Te
 SparseDtype = Literal["fp16", "fp32"]
 
 
-def find_tables(method: nn.Module, prefix: str = "sparse.") -> list[TableEntry]:
-    """Every TorchRec EmbeddingBagCollection table inside `method`, keyed by its state-dict key."""
+def find_tables(method: nn.Module, prefix: str = "sparse.", quantization: str = "fp32") -> list[TableEntry]:
+    """Every TorchRec EmbeddingBagCollection table inside `method`, keyed by its state-dict key, with
+    the storage `quantization` gives it (`table_quantization`)."""
     out = []
     for path, module in method.named_modules():
         if type(module) is EmbeddingBagCollection:
@@ -57,7 +58,10 @@ def find_tables(method: nn.Module, prefix: str = "sparse.") -> list[TableEntry]:
             for cfg in module.embedding_bag_configs():
                 out.append(
                     TableEntry(
-                        key=f"{base}embedding_bags.{cfg.name}.weight", rows=cfg.num_embeddings, dim=cfg.embedding_dim
+                        key=f"{base}embedding_bags.{cfg.name}.weight",
+                        rows=cfg.num_embeddings,
+                        dim=cfg.embedding_dim,
+                        quantization=table_quantization(quantization, cfg.embedding_dim),
                     )
                 )
     return out
@@ -197,11 +201,12 @@ def export_model(
     sparse_dtype = sparse_dtype or ("fp32" if quantization == "fp32" else "fp16")
     started = time.perf_counter()
     prepared = prepare(source)
-    for table in prepared.tables:
-        check_quantization(quantization, table.dim)
+    prepared.tables = [
+        t.model_copy(update={"quantization": table_quantization(quantization, t.dim)}) for t in prepared.tables
+    ]
     table_keys = {t.key for t in prepared.tables}
     payloads = {
-        TABLES: save_tensors({t.key: quantize_rows(prepared.state[t.key], quantization) for t in prepared.tables}),
+        TABLES: save_tensors({t.key: quantize_rows(prepared.state[t.key], t.quantization) for t in prepared.tables}),
         PARAMS: save_tensors(_param_tensors(prepared.state, table_keys, sparse_dtype)),
     }
     if seen_rows:
@@ -430,5 +435,8 @@ class Exporter:
         base: Manifest,
     ) -> None:
         rows[f"{table.key}:ids"] = ids.to(torch.int64)
-        rows[f"{table.key}:rows"] = quantize_rows(weight_rows, base.quantization)
+        stored = {t.key: t.quantization for t in base.tables}
+        if table.key not in stored:
+            raise ArtifactError(f"table {table.key!r} is not in base {base.version}: {sorted(stored)}")
+        rows[f"{table.key}:rows"] = quantize_rows(weight_rows, stored[table.key])
         counts[table.key] = int(ids.numel())

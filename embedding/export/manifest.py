@@ -63,6 +63,8 @@ class TableEntry(BaseModel):
     key: str
     rows: int = Field(ge=1)
     dim: int = Field(ge=1)
+    quantization: Quantization
+    """This table's storage: the manifest's `quantization`, or int8 where int4 cannot pack the dim."""
 
 
 class Manifest(BaseModel):
@@ -88,7 +90,7 @@ class Manifest(BaseModel):
     widths: dict[str, int]
     """Sparse feature -> output width (lookups * embedding_dim)."""
     quantization: Quantization
-    """Storage of the embedding tables (`tables.safetensors`)."""
+    """Requested storage of the embedding tables (`tables.safetensors`; per table in `tables`)."""
     sparse_dtype: Literal["fp16", "fp32"]
     """Storage of the method's other float tensors (ROBE arrays, QR maps, importance weights)."""
     tables: list[TableEntry]

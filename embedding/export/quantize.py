@@ -27,9 +27,18 @@ QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 def check_quantization(quantization: str, dim: int | None = None) -> Quantization:
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r} is not one of {list(QUANTIZATIONS)}")
-    if quantization == "int4" and dim is not None and dim % 2:
-        raise ValueError(f"int4 packs two codes per byte and needs an even embedding dim, got {dim}")
+    if quantization == "int4" and dim is not None and dim % 4:
+        raise ValueError(f"fbgemm's int4 rows need an embedding dim divisible by 4, got {dim}")
     return quantization  # type: ignore[return-value]
+
+
+def table_quantization(requested: str, dim: int) -> Quantization:
+    """The storage of one table: `requested`, except int4 for a dim fbgemm cannot pack (not a
+    multiple of 4: e.g. the 2-wide importance weights of hash embeddings), which stays int8."""
+    check_quantization(requested)
+    if requested == "int4" and dim % 4:
+        return "int8"
+    return requested  # type: ignore[return-value]
 
 
 def stored_shape(quantization: str, rows: int, dim: int) -> tuple[int, int]:

@@ -50,7 +50,10 @@ def _replace_tables(model: DCNModel, artifact: FullArtifact) -> dict[str, QuantE
         missing = [k for k in keys.values() if k not in stored]
         if missing:
             raise ArtifactError(f"tables.safetensors: no rows for {missing} (check: tables)")
-        quant = QuantEmbeddingBags(configs, artifact.manifest.quantization, {n: stored[k] for n, k in keys.items()})
+        by_key = {t.key: t.quantization for t in artifact.manifest.tables}
+        quant = QuantEmbeddingBags(
+            configs, {n: by_key[k] for n, k in keys.items()}, {n: stored[k] for n, k in keys.items()}
+        )
         parent_path, _, child = path.rpartition(".")
         parent = model.sparse.get_submodule(parent_path) if parent_path else model.sparse
         setattr(parent, child, quant)

@@ -29,7 +29,7 @@ _POOLING = {PoolingType.SUM: PoolingMode.SUM, PoolingType.MEAN: PoolingMode.MEAN
 class _Group(nn.Module):
     """Consecutive tables with one pooling mode: one fbgemm TBE."""
 
-    def __init__(self, configs: Sequence[EmbeddingBagConfig], quantization: str) -> None:
+    def __init__(self, configs: Sequence[EmbeddingBagConfig], quantization: Mapping[str, str]) -> None:
         super().__init__()
         pooling = _POOLING.get(configs[0].pooling)
         if pooling is None:
@@ -39,7 +39,7 @@ class _Group(nn.Module):
         self.dims = [c.embedding_dim for c in configs for _ in c.feature_names]
         self.tbe = IntNBitTableBatchedEmbeddingBagsCodegen(
             embedding_specs=[
-                (c.name, c.num_embeddings, c.embedding_dim, _SPARSE_TYPES[quantization], EmbeddingLocation.HOST)
+                (c.name, c.num_embeddings, c.embedding_dim, _SPARSE_TYPES[quantization[c.name]], EmbeddingLocation.HOST)
                 for c in configs
             ],
             feature_table_map=[t for t, c in enumerate(configs) for _ in c.feature_names],
@@ -56,22 +56,25 @@ class QuantEmbeddingBags(nn.Module):
     def __init__(
         self,
         configs: Sequence[EmbeddingBagConfig],
-        quantization: str,
+        quantization: str | Mapping[str, str],
         stored: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        """`stored`: table name -> the artifact's stored rows (see `embedding.export.quantize`)."""
+        """`quantization`: one for all tables or per table name; `stored`: table name -> the
+        artifact's stored rows (see `embedding.export.quantize`)."""
         super().__init__()
         if not configs:
             raise ValueError("QuantEmbeddingBags needs at least one table")
         self.configs = list(configs)
-        self.quantization = quantization
+        if isinstance(quantization, str):
+            quantization = {c.name: quantization for c in self.configs}
+        self.quantization = dict(quantization)
         runs: list[list[EmbeddingBagConfig]] = []
         for cfg in self.configs:
             if runs and runs[-1][0].pooling == cfg.pooling:
                 runs[-1].append(cfg)
             else:
                 runs.append([cfg])
-        self.groups = nn.ModuleList(_Group(run, quantization) for run in runs)
+        self.groups = nn.ModuleList(_Group(run, self.quantization) for run in runs)
         self._where = {name: (g, t) for g, group in enumerate(self.groups) for t, name in enumerate(group.table_names)}
         self._dims = {c.name: c.embedding_dim for c in self.configs}
         self._keys = [f for group in self.groups for f in group.features]
@@ -91,7 +94,7 @@ class QuantEmbeddingBags(nn.Module):
     def write_rows(self, name: str, ids: torch.Tensor | None, stored: torch.Tensor) -> None:
         """Overwrite rows `ids` (all rows when None) of table `name` with stored (artifact) rows."""
         codes_view, sb_view = self._views(name)
-        codes, scale_bias = split_codes(stored, self.quantization, self._dims[name])
+        codes, scale_bias = split_codes(stored, self.quantization[name], self._dims[name])
         if ids is None:
             codes_view.copy_(codes)
             if sb_view is not None:

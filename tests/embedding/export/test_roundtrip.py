@@ -151,3 +151,14 @@ def test_collisionless_serves_what_it_trained(
     export_model(model, store, "int8")
     served = load_serving_model(store)
     assert (served.predict(batch) - _fp32_probs(model, batch)).abs().max().item() < 1e-2
+
+
+def test_int4_keeps_tables_it_cannot_pack_in_int8(schema: FeatureSchema, batch: FeatureBatch, store) -> None:  # type: ignore[no-untyped-def]
+    method, args = budget_method_args(schema, 96 << 10, variants=["hash_embedding_mux"])["hash_embedding_mux"]
+    model = build_model(schema, ModelConfig(method=method, method_args=args))
+    train(model, batch, steps=3)
+    manifest = export_model(model, store, "int4")
+    storage = {t.key.split(".")[1]: (t.dim, t.quantization) for t in manifest.tables}
+    assert storage == {"ebc": (16, "int4"), "importance": (2, "int8")}
+    served = load_serving_model(store)
+    assert (served.predict(batch) - _fp32_probs(model, batch)).abs().max().item() < 5e-2
