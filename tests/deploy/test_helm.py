@@ -162,6 +162,11 @@ def test_model_store_volume_or_redis(rendered) -> None:
     else:
         claim = volumes["store"]["persistentVolumeClaim"]
         assert claim["claimName"] == pvcs[0]["metadata"]["name"] and claim["readOnly"] is True
+        mounts = {m["name"]: m for m in deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+        assert env["UNIREC_SERVE_STORE"] == mounts["store"]["mountPath"] + "/models"
+        assert mounts["store"]["readOnly"] is True
+    # the service's own home stays writable (multi-worker metrics live there)
+    assert "emptyDir" in volumes["home"]
 
 
 def test_feature_schema_configmap_when_inline(helm) -> None:
