@@ -54,19 +54,25 @@ class ProducerSettings(CommonSettings):
 
 
 class TokenBucket:
-    """Allows `rate` events per second on average with bursts of at most `burst` events."""
+    """Allows `rate` events per second on average, with bursts of at most `burst` events.
+
+    It starts nearly empty (no burst at start). The default burst, a quarter second of events, lets a
+    producer that was held up (a slow flush, a busy CPU) catch up, so the long-run rate stays on target.
+    """
 
     def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 events/s, got {rate}")
         self.rate = float(rate)
-        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 100.0)
+        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 4.0)
         self._clock = clock
-        self._tokens = self.burst
+        self._tokens = min(1.0, self.burst)
         self._last = clock()
 
     def delay(self, n: float = 1.0) -> float:
-        """Take `n` tokens; return how long the caller must sleep before going on (0 when none)."""
+        """Take `n` tokens; return how long the caller must sleep before going on (0 when none).
+        The tokens are taken even when the caller must wait, so waits can be batched: sleeping only once
+        the delay is worth it keeps the average exact."""
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
@@ -200,11 +206,13 @@ def replay(
     total: int | None = None,
     bad_rows: Callable[[], int] | None = None,
     max_block_ms: int = 30_000,
+    live_time: bool = False,
 ) -> ProduceSummary:
     """Send events to `topic`; returns what was sent, failed, the bytes and the measured events/s.
 
     `partitions`: create the topic with that many partitions when it does not exist. `rate`: events/s
-    (token bucket). `loops`: passes over `events` (None: until `limit` or Ctrl-C; needs a re-iterable
+    (token bucket). `live_time`: stamp each event's `ts` with the wall clock at send time (live demos,
+    freshness measurements). `loops`: passes over `events` (None: until `limit` or Ctrl-C; needs a re-iterable
     source). `bad_rows`: a callable giving the reader's bad-row count, for the progress bar and summary.
     """
     from kafka import KafkaProducer
@@ -253,8 +261,10 @@ def replay(
                 break
             if bucket is not None:
                 wait = bucket.delay()
-                if wait > 0:
+                if wait > 0.002:  # fewer, longer sleeps: the debt stays in the bucket
                     time.sleep(wait)
+            if live_time:
+                event = msgspec.structs.replace(event, ts=time.time_ns() // 1_000_000)
             value = encode(event)
             k = key_of(event)
             nbytes += len(value) + (len(k) if k else 0)
@@ -325,6 +335,7 @@ def produce_command(
     loops: int = typer.Option(None, min=1, help="Replay exactly this many passes."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row was bad (bad rows are always skipped)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    live_time: bool = typer.Option(False, "--live-time", help="Stamp events with the wall clock at send time."),
 ) -> None:
     """Replay a dataset into a Kafka topic: one JSON (or msgpack) event per message."""
     settings = ProducerSettings()
@@ -343,7 +354,7 @@ def produce_command(
             events, bootstrap, topic, key=key or default_key, encoding=encoding,  # type: ignore[arg-type]
             compression=compression, linger_ms=linger_ms, batch_size=batch_size,  # type: ignore[arg-type]
             rate=rate, limit=limit, loops=n_loops, partitions=partitions, progress=progress,
-            bad_rows=lambda: report.count,
+            bad_rows=lambda: report.count, live_time=live_time,
         )
     except (UnirecError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -208,7 +208,7 @@ class CompiledSource:
                 self._id_cols.append(position)
             self._id_template = "".join(parts)
 
-    def _event(self, cells: list[str], row: int, path: Path, line: int) -> Event:
+    def _event(self, cells: list[str], row: int, stem: str, line: int) -> Event:
         """One event from one (joined) row; raises ValueError naming the bad cell."""
         sparse: dict[str, object] = {}
         for name, i, conv, split in self._sparse:
@@ -252,7 +252,7 @@ class CompiledSource:
         if self._id_col >= 0:
             event_id = cells[self._id_col]
         else:
-            extra = (row, path.stem, line)
+            extra = (row, stem, line)
             width = len(cells)
             event_id = self._id_template.format(*[cells[i] if i < width else extra[i - width] for i in self._id_cols])
         if not 0 < len(event_id) <= 256:
@@ -263,6 +263,7 @@ class CompiledSource:
         """Events in file order (bad rows skipped and reported); see `iter_events` for time order."""
         width = len(self.columns) - sum(j.width for j in self.joins)
         row = 0
+        stems = {path: path.stem for path in self.files}
         for path, line, cells in _rows(self.spec, self.files, width, self.report):
             joined = True
             for join in self.joins:
@@ -278,7 +279,7 @@ class CompiledSource:
                 continue
             row += 1
             try:
-                yield self._event(cells, row, path, line)
+                yield self._event(cells, row, stems[path], line)
             except ValueError as exc:
                 row -= 1
                 self.report.add(path, line, str(exc))

@@ -19,7 +19,9 @@ def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return movielens_path(home=tmp_path_factory.mktemp("unirec-home"))
 
 
-def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[tuple[int, bytes | None, Event]]:
+def consume(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0
+) -> list[tuple[int, bytes | None, Event]]:
     """(partition, key, event) of every message of `topic`, read from the beginning of each partition
     by manual assignment, until `expected` messages arrived (or the timeout)."""
     from kafka import KafkaConsumer, TopicPartition

@@ -142,8 +142,8 @@ def test_libfm_rows(tmp_path: Path) -> None:
     ]
 
 
-cells = st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters=",\"|\r\n\x85\u2028\u2029"),
-                min_size=1, max_size=8).filter(lambda s: s.strip() == s)
+_alphabet = st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters=",\"|\r\n\x85\u2028\u2029")
+cells = st.text(alphabet=_alphabet, min_size=1, max_size=8).filter(lambda s: s.strip() == s)
 
 
 @settings(max_examples=40, deadline=None)
