@@ -63,6 +63,10 @@ class _Pending:
     index: tuple[str, int] | None = None
     """(index key, window start) to add to the summary index."""
 
+    @property
+    def nbytes(self) -> int:
+        return sum(len(k) + len(v) for k, v in self.core + self.bulky)
+
 
 class Keys:
     def __init__(self, prefix: str) -> None:
@@ -156,13 +160,21 @@ class RedisExchange:
         entry.index = (self.keys.index, window_start)
         self._enqueue(entry)
 
+    @property
+    def pending_bytes(self) -> int:
+        return sum(entry.nbytes for entry in self._outbox)
+
     def _enqueue(self, entry: _Pending) -> None:
         self._outbox.append(entry)
-        while len(self._outbox) > self.settings.max_pending_windows:
+        budget = self.settings.max_pending_mib * 2**20
+        while len(self._outbox) > 1 and (
+            len(self._outbox) > self.settings.max_pending_windows or self.pending_bytes > budget
+        ):
             old = self._outbox.popleft()
             self.dropped_windows += 1
             log_event(log, "churn window dropped from outbox", logging.WARNING, window_start=old.window_start,
-                      max_pending_windows=self.settings.max_pending_windows)
+                      max_pending_windows=self.settings.max_pending_windows,
+                      max_pending_mib=self.settings.max_pending_mib)
 
     def drop_bulky_before(self, window_start: int) -> None:
         """Forget row bitmaps of windows older than `window_start` that are still waiting (they are large)."""

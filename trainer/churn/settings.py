@@ -39,6 +39,8 @@ class ChurnSettings(BaseSettings):
     from the parts at hand and marked partial."""
     max_pending_windows: int = Field(64, ge=1)
     """Windows kept for re-publication while Redis is unreachable; older ones are dropped (and logged)."""
+    max_pending_mib: float = Field(64.0, gt=0)
+    """The same bound in serialised bytes (sketches, row bitmaps, summaries) waiting for Redis."""
     redis_timeout_s: float = Field(0.5, gt=0)
     retry_s: float = Field(5.0, ge=0)
     """Wall-clock pause after a failed Redis call before the next try, so an outage costs the hot path nothing."""

@@ -109,6 +109,9 @@ class WindowSketch:
             update(value)
 
     def compact(self) -> ds.compact_theta_sketch:
+        """The window's final sketch: trimmed to the nominal 2^lg_k entries (the update sketch's table may hold
+        up to twice that), which leaves the k smallest hashes, all any union of ranks keeps."""
+        self.sketch.trim()
         return self.sketch.compact(ordered=True)
 
 
