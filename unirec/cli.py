@@ -14,12 +14,15 @@ from unirec.infra_cli import infra_app
 from unirec.logs import configure_logging
 from unirec.models_cli import models_app
 from unirec.settings import CommonSettings
+from unirec.up_cli import down_command, up_command
 
 app = typer.Typer(
     help="unirec: streaming online training over one unified embedding table.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.command("up")(up_command)
+app.command("down")(down_command)
 app.add_typer(infra_app, name="infra")
 app.add_typer(data_app, name="data")
 app.command("produce")(produce_command)

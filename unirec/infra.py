@@ -65,6 +65,64 @@ def redis_binary() -> str:
 
 
 @dataclass(frozen=True)
+class ManagedProcess:
+    """A background process of ours: its own session, a PID file and a log file under `home`."""
+
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The PID of our running process, or None (a stale PID file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if _alive(pid):
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM the process group, SIGKILL after `timeout`. Returns whether one was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 5) -> str:
+        return _tail(self.log_file, lines)
+
+
+@dataclass(frozen=True)
 class LocalServer:
     """One local server process, addressed by kind, loopback host and port."""
 
@@ -74,12 +132,16 @@ class LocalServer:
     home: Path
 
     @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(self.kind, self.home)
+
+    @property
     def pid_file(self) -> Path:
-        return self.home / "run" / f"{self.kind}.pid"
+        return self.process.pid_file
 
     @property
     def log_file(self) -> Path:
-        return self.home / "logs" / f"{self.kind}.log"
+        return self.process.log_file
 
     @property
     def address(self) -> str:
@@ -102,15 +164,7 @@ class LocalServer:
         ]  # fmt: skip
 
     def pid(self) -> int | None:
-        """The PID of our running server, or None (a stale PID file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        if _alive(pid):
-            return pid
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return self.process.pid()
 
     def healthy(self, timeout: float = 2.0) -> bool:
         try:
@@ -120,10 +174,7 @@ class LocalServer:
                 return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=timeout).ping())
             from kafka import KafkaAdminClient
 
-            admin = KafkaAdminClient(
-                bootstrap_servers=self.address,
-                request_timeout_ms=int(timeout * 1000),
-            )
+            admin = KafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=int(timeout * 1000))
             try:
                 admin.list_topics()
             finally:
@@ -138,25 +189,19 @@ class LocalServer:
         if running is not None:
             return running
         if port_open(self.host, self.port):
+            env_name = "UNIREC_KAFKA_BOOTSTRAP" if self.kind == "kafka" else "UNIREC_REDIS_URL"
             raise InfraError(
-                f"{self.kind}: port {self.host}:{self.port} is already taken by another process; stop it, "
-                f"or choose another port (UNIREC_{'KAFKA_BOOTSTRAP' if self.kind == 'kafka' else 'REDIS_URL'})"
+                f"{self.kind}: port {self.host}:{self.port} is already taken by another process; "
+                f"stop it, or choose another port ({env_name})"
             )
-        argv = self.command()
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        self.pid_file.write_text(str(proc.pid))
+        proc = self.process.spawn(self.command())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise InfraError(
                     f"{self.kind} exited with code {proc.returncode} at start; see {self.log_file}: "
-                    f"{_tail(self.log_file)}"
+                    f"{self.process.log_tail()}"
                 )
             if port_open(self.host, self.port) and self.healthy():
                 return proc.pid
@@ -165,22 +210,7 @@ class LocalServer:
         raise InfraError(f"{self.kind} did not answer on {self.host}:{self.port} within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop our server: SIGTERM, then SIGKILL after `timeout`. Returns whether one was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return self.process.stop(timeout)
 
 
 def _alive(pid: int) -> bool:
