@@ -53,7 +53,8 @@ def test_services_profiles_and_health(config: dict) -> None:
     gpu = services["trainer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
     for name, service in services.items():
-        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        check = service.get("healthcheck", {})
+        assert check.get("test") and check["test"][0] != "NONE" and not check.get("disable"), f"{name}: no health check"
         for dep, cond in service.get("depends_on", {}).items():
             assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}: {cond}"
             assert services[dep].get("healthcheck"), f"{name} waits for {dep}, which has no health check"
