@@ -174,11 +174,17 @@ class CompiledSource:
                 raise SourceError(f"source: {what} reads column {name!r}, which is not among {visible}")
             return index[name]
 
-        self._sparse: list[tuple[str, int, Callable[[str], int | str], str | None]] = []
+        # split by kind, so the per-row work is a few dict comprehensions (bad cells: see _bad_cell)
+        self._str: list[tuple[str, int]] = []
+        self._int: list[tuple[str, int]] = []
+        self._multi: list[tuple[str, int, Callable[[str], int | str], str]] = []
         for feat in schema.sparse:
             ref = spec.feature_column(feat.name)
-            conv: Callable[[str], int | str] = int if feat.dtype == "int" else str
-            self._sparse.append((feat.name, col(ref.column, f"feature {feat.name!r}"), conv, ref.split))
+            i = col(ref.column, f"feature {feat.name!r}")
+            if ref.split is not None:
+                self._multi.append((feat.name, i, int if feat.dtype == "int" else str, ref.split))
+            else:
+                (self._int if feat.dtype == "int" else self._str).append((feat.name, i))
         self._dense: list[tuple[str, int]] = []
         for dense in schema.dense:
             name = spec.feature_column(dense.name).column
@@ -210,30 +216,20 @@ class CompiledSource:
 
     def _event(self, cells: list[str], row: int, stem: str, line: int) -> Event:
         """One event from one (joined) row; raises ValueError naming the bad cell."""
-        sparse: dict[str, object] = {}
-        for name, i, conv, split in self._sparse:
-            cell = cells[i]
-            if not cell:
-                continue
-            try:
-                if split is None:
-                    sparse[name] = conv(cell)
-                else:
-                    sparse[name] = [conv(v) for v in cell.split(split) if v]
-            except ValueError:
-                raise ValueError(f"feature {name!r}: {cell!r} is not an integer") from None
+        sparse: dict[str, object] = {name: cells[i] for name, i in self._str if cells[i]}
         dense: dict[str, float] = {}
-        for name, i in self._dense:
-            cell = cells[i]
-            if not cell:
-                continue
-            try:
-                number = float(cell)
-            except ValueError:
-                raise ValueError(f"dense feature {name!r}: {cell!r} is not a number") from None
-            if not math.isfinite(number):
-                raise ValueError(f"dense feature {name!r}: {cell!r} is not finite")
-            dense[name] = number
+        try:
+            if self._int:
+                sparse.update({name: int(cells[i]) for name, i in self._int if cells[i]})
+            for name, i, conv, split in self._multi:
+                if cells[i]:
+                    sparse[name] = [conv(v) for v in cells[i].split(split) if v]
+            if self._dense:
+                dense = {name: float(cells[i]) for name, i in self._dense if cells[i]}
+        except ValueError:
+            raise ValueError(self._bad_cell(cells)) from None
+        if dense and not all(map(math.isfinite, dense.values())):
+            raise ValueError(self._bad_cell(cells))
         label = None
         if self._label is not None:
             cell = cells[self._label_col]
@@ -258,6 +254,27 @@ class CompiledSource:
         if not 0 < len(event_id) <= 256:
             raise ValueError(f"event_id {event_id[:40]!r} must have 1 to 256 characters")
         return Event(event_id=event_id, ts=ts, label=label, dense=dense, sparse=sparse)  # type: ignore[arg-type]
+
+    def _bad_cell(self, cells: list[str]) -> str:
+        """The message for the first cell that does not convert (the slow path of `_event`)."""
+        for name, i in self._int:
+            try:
+                int(cells[i] or 0)
+            except ValueError:
+                return f"feature {name!r}: {cells[i]!r} is not an integer"
+        for name, i, conv, split in self._multi:
+            for value in cells[i].split(split):
+                try:
+                    conv(value or 0)
+                except ValueError:
+                    return f"feature {name!r}: {value!r} in {cells[i]!r} is not an integer"
+        for name, i in self._dense:
+            try:
+                if not math.isfinite(float(cells[i] or 0)):
+                    return f"dense feature {name!r}: {cells[i]!r} is not finite"
+            except ValueError:
+                return f"dense feature {name!r}: {cells[i]!r} is not a number"
+        return "a value does not convert"
 
     def events(self) -> Iterator[Event]:
         """Events in file order (bad rows skipped and reported); see `iter_events` for time order."""

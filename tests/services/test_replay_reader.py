@@ -164,3 +164,20 @@ def test_property_every_row_round_trips(tmp_path_factory: pytest.TempPathFactory
     for n, (u, i, p, c, t) in enumerate(rows, 1):
         e = got[f"r{n}"]
         assert (e.sparse, e.dense, e.label, e.ts) == ({"user": u, "item": i}, {"price": p}, c, t)
+
+
+def test_non_finite_dense_and_bad_multivalent_ints_are_bad_rows(tmp_path: Path) -> None:
+    schema = yaml.safe_load(yaml.safe_dump(SCHEMA))
+    schema["sparse"] = [{"name": "user", "dtype": "int"}, {"name": "tags", "dtype": "int", "multivalent": True},
+                        {"name": "item"}]
+    schema["source"]["joins"] = []
+    body = b"user,item_id,tags,price,clicked,when\n1,a,1|2,inf,1,5\n2,b,3|x,1,0,6\n3,c,4|5,nan,0,7\n4,d,6,,1,8\n"
+    yaml_path = _write(tmp_path, body, schema=schema)
+    report = BadRowReport()
+    events = list(iter_events(yaml_path, report=report))
+    assert [e.sparse for e in events] == [{"user": 4, "item": "d", "tags": [6]}]
+    assert [(b.line, b.reason) for b in report.samples] == [
+        (2, "dense feature 'price': 'inf' is not finite"),
+        (3, "feature 'tags': 'x' in '3|x' is not an integer"),
+        (4, "dense feature 'price': 'nan' is not finite"),
+    ]
