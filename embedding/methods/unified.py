@@ -92,25 +92,31 @@ class UnifiedEmbedding(EmbeddingMethod):
             lengths.append(jagged.lengths())
         return torch.cat(values), torch.cat(lengths)
 
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+    def route(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The input as the EBC consumes it: keys `{feature}@{lookup}#{block}` (key-major), values
+        rows inside their block, bags kept in order (a lookup's bag is split over the blocks)."""
         rows, lengths = self.rows(features)
         batch = features.stride()
         n_keys, n_blocks = len(self._keys), self.num_blocks
         if n_blocks == 1:
-            routed = KeyedJaggedTensor(keys=self._block_keys, values=rows, lengths=lengths)
-        else:
-            # route each row to its block; group values by (key, block) keeping bag order inside
-            bag = torch.repeat_interleave(torch.arange(n_keys * batch), lengths)  # key*batch + example
-            block = torch.div(rows, self.block_rows, rounding_mode="floor")
-            key = torch.div(bag, batch, rounding_mode="floor")
-            group = key * n_blocks + block
-            order = torch.argsort(group, stable=True)
-            slot = (group * batch + (bag - key * batch))[order]
-            routed = KeyedJaggedTensor(
-                keys=self._block_keys,
-                values=(rows - block * self.block_rows)[order],
-                lengths=torch.bincount(slot, minlength=n_keys * n_blocks * batch),
-            )
+            return KeyedJaggedTensor(keys=self._block_keys, values=rows, lengths=lengths)
+        # route each row to its block; group values by (key, block) keeping bag order inside
+        bag = torch.repeat_interleave(torch.arange(n_keys * batch), lengths)  # key*batch + example
+        block = torch.div(rows, self.block_rows, rounding_mode="floor")
+        key = torch.div(bag, batch, rounding_mode="floor")
+        group = key * n_blocks + block
+        order = torch.argsort(group, stable=True)
+        slot = (group * batch + (bag - key * batch))[order]
+        return KeyedJaggedTensor(
+            keys=self._block_keys,
+            values=(rows - block * self.block_rows)[order],
+            lengths=torch.bincount(slot, minlength=n_keys * n_blocks * batch),
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        batch = features.stride()
+        n_keys, n_blocks = len(self._keys), self.num_blocks
+        routed = self.route(features)
         pooled = self.ebc(routed).values()  # [batch, blocks * keys * d], table (block) major
         pooled = pooled.view(batch, n_blocks, n_keys * self.dim).sum(dim=1)
         per_feature = list(torch.split(pooled, [self.schema.width(s.name) for s in self.schema.sparse], dim=1))
