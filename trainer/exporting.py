@@ -15,7 +15,6 @@ import redis
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from embedding.export import Exporter, ExportMeta, find_tables
 from embedding.methods import UnifiedEmbedding
@@ -100,11 +99,10 @@ class ExportScheduler:
     def enabled(self) -> bool:
         return self.settings.export_every_s > 0
 
-    def observe(self, sparse: KeyedJaggedTensor) -> None:
-        """Mark the table rows this batch updates (unified embedding: exact rows of every lookup)."""
+    def mark(self, rows: torch.Tensor) -> None:
+        """Mark the logical rows of the unified table a batch updates (from `UnifiedEmbedding.rows`)."""
         if self.unified is None:
             return
-        rows, _ = self.unified.rows(sparse)
         block = torch.div(rows, self.unified.block_rows, rounding_mode="floor")
         local = rows - block * self.unified.block_rows
         for b in torch.unique(block).tolist():

@@ -23,9 +23,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from embedding.events import FeatureBatch, Featurizer
 from embedding.export import ExportMeta
+from embedding.methods import UnifiedEmbedding
 from embedding.model import ModelConfig, build_model
 from embedding.schema import FeatureSchema, load_schema
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.churn import ChurnSettings, ChurnTracker, fingerprints_of, rows_of
 from trainer.distributed import DistContext, init_distributed, shard_model
 from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
@@ -82,6 +84,8 @@ class Trainer:
             build_model(self.schema, self.config), self.ctx, settings.sparse_lr, settings.dense_lr
         )
         self.metrics = TrainerMetrics(self.ctx.rank)
+        sparse = getattr(self.model, "module", self.model).sparse
+        self.unified: UnifiedEmbedding | None = sparse if isinstance(sparse, UnifiedEmbedding) else None
         self.progressive = ProgressiveMetrics(settings.auc_window)
         self.step = 0
         self.events = 0
@@ -125,6 +129,16 @@ class Trainer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._request_stop)
             self.exports = ExportScheduler(s, self.ctx, self.schema, self.config, self.model, self.metrics)
+            self.churn = ChurnTracker(
+                self.schema,
+                ChurnSettings(),
+                table_rows=self.unified.num_rows if self.unified else 1,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+                redis_url=s.redis_url,
+                registry=self.metrics.registry,
+            )
+            stack.callback(self.churn.close)
             self.ingest.start()
             self._loop()
             self._checkpoint()  # a clean stop always leaves a final checkpoint
@@ -195,7 +209,7 @@ class Trainer:
     def _train(self, batch: Batch | None) -> None:
         features = batch.features if batch is not None else self._empty
         sparse, dense, labels, weights = pad_batch(features, self.settings.batch_size)
-        self.exports.observe(sparse)
+        self._track(batch)
         logits = self.model(sparse.to(self.ctx.device), dense.to(self.ctx.device))
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, labels.to(self.ctx.device), reduction="none"
@@ -218,6 +232,18 @@ class Trainer:
         if self._predictions is not None:
             rows = zip(batch.event_ids, scores, truth, strict=True)
             self._predictions.write("".join(f"{self.step}\t{e}\t{p:.6f}\t{int(y)}\n" for e, p, y in rows))
+
+    def _track(self, batch: Batch | None) -> None:
+        """Rows for the next delta export, and the vocabulary churn of the batch."""
+        if batch is None or not len(batch):
+            return
+        sparse = batch.features.sparse
+        rows = None
+        if self.unified is not None:
+            rows, lengths = self.unified.rows(sparse)
+            self.exports.mark(rows)
+            rows = rows_of(self.schema, rows, lengths)
+        self.churn.observe(fingerprints_of(sparse), batch.max_ts_ms, rows, step=self.step)
 
     def _observe(self, loss: float, n: int) -> None:
         m = self.metrics
