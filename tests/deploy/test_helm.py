@@ -234,3 +234,10 @@ def test_bad_values_are_refused(helm, args: list[str], message: str) -> None:
     result = helm.run("template", "rel", str(CHART), *args, check=False)
     assert result.returncode != 0, f"helm accepted {args}"
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_notes_render(helm, variant: str) -> None:
+    out = helm.run("install", "rel", str(CHART), "--dry-run=client", "--namespace", "ml", *VARIANTS[variant]).stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "helm test rel -n ml" in notes and "rel-unirec-trainer" in notes
