@@ -87,22 +87,22 @@ class QuantEmbeddingBags(nn.Module):
             for name in self._where:
                 self.write_rows(name, None, stored[name])
 
-    def _views(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _rows_view(self, name: str) -> torch.Tensor:
+        """Table `name` inside the TBE buffer as whole rows: [fp16 scale, fp16 bias,] codes."""
         g, t = self._where[name]
-        return self.groups[g].tbe.split_embedding_weights(split_scale_shifts=True)[t]
+        return self.groups[g].tbe.split_embedding_weights(split_scale_shifts=False)[t][0]
 
     def write_rows(self, name: str, ids: torch.Tensor | None, stored: torch.Tensor) -> None:
         """Overwrite rows `ids` (all rows when None) of table `name` with stored (artifact) rows."""
-        codes_view, sb_view = self._views(name)
+        view = self._rows_view(name)
         codes, scale_bias = split_codes(stored, self.quantization[name], self._dims[name])
+        rows = codes.contiguous() if scale_bias is None else torch.cat([scale_bias, codes], dim=1)
+        if rows.shape[1] != view.shape[1]:
+            raise ValueError(f"table {name!r}: rows of {rows.shape[1]} bytes, the lookup kernel holds {view.shape[1]}")
         if ids is None:
-            codes_view.copy_(codes)
-            if sb_view is not None:
-                sb_view.copy_(scale_bias)
+            view.copy_(rows)
         else:
-            codes_view[ids] = codes
-            if sb_view is not None:
-                sb_view[ids] = scale_bias
+            view[ids] = rows
 
     def clone(self) -> QuantEmbeddingBags:
         """An independent copy (the TBE weight buffers copied)."""
