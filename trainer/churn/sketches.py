@@ -6,8 +6,10 @@ call (about 250 ns per item here, plus about 90 ns for `ndarray.tolist()`; see b
 computes for an int64 (MurmurHash3_x64_128 of the 8 little-endian bytes, seed 9001, first word
 shifted right by one) and passes on only the values whose hash is below the sketch's current theta:
 the sketch rejects every other value itself, so the result is identical (byte for byte) while an
-estimation-mode sketch of n IDs sees only about k/n of them. Duplicates are then dropped in first-
-occurrence order (pandas' hash-table `unique`), which again leaves the sketch unchanged.
+estimation-mode sketch of n IDs sees only about k/n of them. It also keeps the sorted hashes it has
+already passed on (at most those below theta: about 2k) and drops survivors found there or repeated
+in the batch (first occurrence kept, so the insertion order is unchanged): the sketch would ignore them
+as duplicates. So each distinct ID below theta costs one `update()` call per window, however hot it is.
 
 Distinct counts come from the same theta sketch (relative standard error 1/sqrt(k)) rather than a
 separate HLL sketch: an HLL would need a second Python call per item without telling anything the
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 
 import datasketches as ds
 import numpy as np
-import pandas as pd
 
 THETA_SEED = 9001
 """DataSketches' default seed; sketches with other seeds cannot be combined with these."""
@@ -90,6 +91,9 @@ class WindowSketch:
         """IDs offered (with repeats): the denominator of the pre-filter's savings."""
         self.ids_passed = 0
         """IDs that reached the sketch's own update after the pre-filter."""
+        self._passed = np.empty(0, dtype=np.uint64)
+        """Sorted hashes already passed to the sketch (pruned to those below theta)."""
+        self._passed_theta = self.sketch.theta64
 
     def update(self, fingerprints: np.ndarray) -> None:
         values = as_int64(fingerprints)
@@ -97,15 +101,28 @@ class WindowSketch:
             return
         self.ids_seen += values.size
         hashes = theta_hashes(values)
-        theta = self.sketch.theta64
-        keep = hashes < np.uint64(theta)
+        theta = np.uint64(self.sketch.theta64)
+        keep = hashes < theta
         keep &= hashes != 0
-        survivors = values[keep]
-        if survivors.size > 1:
-            survivors = pd.unique(survivors)
-        self.ids_passed += survivors.size
+        candidates = np.flatnonzero(keep)
+        if not candidates.size:
+            return
+        h = hashes[candidates]
+        if self._passed.size:
+            pos = np.searchsorted(self._passed, h)
+            known = self._passed[np.minimum(pos, self._passed.size - 1)] == h
+            candidates, h = candidates[~known], h[~known]
+            if not candidates.size:
+                return
+        fresh, first = np.unique(h, return_index=True)  # sorted distinct hashes, first occurrence of each
+        candidates = candidates[np.sort(first)]
+        if self._passed_theta != theta:  # theta fell: forget hashes the sketch no longer holds
+            self._passed = self._passed[: np.searchsorted(self._passed, theta)]
+            self._passed_theta = theta
+        self._passed = np.insert(self._passed, np.searchsorted(self._passed, fresh), fresh)
+        self.ids_passed += candidates.size
         update = self.sketch.update
-        for value in survivors.tolist():
+        for value in values[candidates].tolist():
             update(value)
 
     def compact(self) -> ds.compact_theta_sketch:

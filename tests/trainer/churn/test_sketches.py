@@ -40,6 +40,7 @@ def test_prefiltered_sketch_equals_plain_sketch(batches: list[np.ndarray], repea
     """The vectorised pre-filter and de-duplication leave the sketch byte-for-byte unchanged."""
     fed = WindowSketch(lg_k=5)
     batches = [np.tile(b, repeats) for b in batches]
+    batches += batches[::-1]  # repeats across batches too
     for batch in batches:
         fed.update(batch)
     plain = _plain(np.concatenate(batches) if batches else np.empty(0, np.int64), lg_k=5)
