@@ -158,7 +158,9 @@ def test_model_store_volume_or_redis(rendered) -> None:
     assert len(pvcs) == 1 and "ReadWriteMany" in pvcs[0]["spec"]["accessModes"]
     env = env_of(deploy["spec"]["template"]["spec"]["containers"][0])
     if variant == "ci-gpu":  # models in Redis: no shared volume for the service
-        assert "store" not in volumes and env["UNIREC_STORE"] == "redis" and "UNIREC_SERVE_STORE" in env
+        assert "store" not in volumes
+        trainer = one(docs, "StatefulSet", "trainer")["spec"]["template"]["spec"]["containers"][0]
+        assert env["UNIREC_SERVE_STORE"] == env_of(trainer)["UNIREC_MODEL_STORE"] == env["UNIREC_REDIS_URL"]
     else:
         claim = volumes["store"]["persistentVolumeClaim"]
         assert claim["claimName"] == pvcs[0]["metadata"]["name"] and claim["readOnly"] is True

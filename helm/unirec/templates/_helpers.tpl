@@ -132,8 +132,9 @@ Environment shared by the trainer and the service: Kafka, Redis, home, schema, s
 - name: UNIREC_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- if eq .Values.modelStore.backend "redis" }}
-- name: UNIREC_STORE
-  value: redis
+# exporter's store (embedding/store.py StoreSettings): artifacts in Redis instead of <home>/models
+- name: UNIREC_MODEL_STORE
+  {{- include "unirec.redisUrlSource" . | nindent 2 }}
 {{- end }}
 {{- end }}
 
