@@ -87,6 +87,17 @@ class Trainer:
         sparse = getattr(self.model, "module", self.model).sparse
         self.unified: UnifiedEmbedding | None = sparse if isinstance(sparse, UnifiedEmbedding) else None
         self.progressive = ProgressiveMetrics(settings.auc_window)
+        self.exports = ExportScheduler(settings, self.ctx, self.schema, self.config, self.model, self.metrics)
+        self.churn = ChurnTracker(
+            self.schema,
+            ChurnSettings(),
+            table_rows=self.unified.num_rows if self.unified else 1,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            redis_url=settings.redis_url,
+            registry=self.metrics.registry,
+        )
+        self.first_batch_at: float | None = None
         self.step = 0
         self.events = 0
         """Events this rank trained on since start; `events_base` is the global count of the checkpoint."""
@@ -128,21 +139,15 @@ class Trainer:
                 self._predictions = stack.enter_context(open(path, "a", buffering=1))
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._request_stop)
-            self.exports = ExportScheduler(s, self.ctx, self.schema, self.config, self.model, self.metrics)
-            self.churn = ChurnTracker(
-                self.schema,
-                ChurnSettings(),
-                table_rows=self.unified.num_rows if self.unified else 1,
-                rank=self.ctx.rank,
-                world_size=self.ctx.world_size,
-                redis_url=s.redis_url,
-                registry=self.metrics.registry,
-            )
             stack.callback(self.churn.close)
             self.ingest.start()
             self._loop()
             self._checkpoint()  # a clean stop always leaves a final checkpoint
-        log_event(log, "stopped", rank=self.ctx.rank, step=self.step, events=self.events, **self.progressive.snapshot())
+        seconds = time.monotonic() - self.first_batch_at if self.first_batch_at else 0.0
+        rate = self.events / seconds if seconds else 0.0
+        log_event(log, "stopped", rank=self.ctx.rank, step=self.step, events=self.events,
+                  train_seconds=round(seconds, 3), events_per_s=round(rate, 1),
+                  **self.progressive.snapshot())  # fmt: skip
         return 0
 
     def _request_stop(self, signum: int, _frame: object) -> None:
@@ -178,7 +183,7 @@ class Trainer:
             agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
             n_total, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
             if n_total:
-                self._train(batch)
+                self.train_batch(batch)
                 idle_since = None
             elif s.stop_at_end and all_drained:
                 idle_since = idle_since or time.monotonic()
@@ -206,7 +211,10 @@ class Trainer:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return int(count[0]), bool(flags[0]), int(count[1]) == self.ctx.world_size, [bool(f) for f in flags[1:]]
 
-    def _train(self, batch: Batch | None) -> None:
+    def train_batch(self, batch: Batch | None) -> None:
+        """One collective step on this rank's batch (None: an all-padding batch)."""
+        if self.first_batch_at is None and batch is not None:
+            self.first_batch_at = time.monotonic()
         features = batch.features if batch is not None else self._empty
         sparse, dense, labels, weights = pad_batch(features, self.settings.batch_size)
         self._track(batch)
