@@ -51,6 +51,10 @@ class StoreSettings(CommonSettings):
     """A directory, `file://DIR`, or `redis://...` URL; empty: `UNIREC_HOME/models`."""
     model_retention: int = Field(5, ge=1)
     """Full versions kept (with their deltas); older ones are deleted after each export."""
+    model_quantization: Literal["int8", "int4", "fp16", "fp32"] = "int8"
+    """Row-wise storage of exported embedding tables (the dense network is always fp32)."""
+    model_delta_interval_s: float = Field(5.0, gt=0)
+    """Seconds between delta publications (rows updated since the previous one) after a full export."""
     model_channel: str = "unirec:models"
     """Redis pub/sub channel of export notifications."""
     model_latest_key: str = "unirec:models:latest"

@@ -13,6 +13,7 @@ every TorchRec EmbeddingBagCollection table is quantised row-wise; the dense net
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from embedding.export.manifest import (
 from embedding.export.quantize import check_quantization, quantize_rows, table_quantization
 from embedding.model import DCNModel, ModelConfig, build_model
 from embedding.schema import FeatureSchema
-from embedding.store import ModelStore, Notification, Publisher
+from embedding.store import ModelStore, Notification, Publisher, StoreSettings, open_store
 from unirec.logs import get_logger, log_event
 
 logger = get_logger("export")
@@ -256,7 +257,8 @@ def export_model(
         if deleted:
             log_event(logger, "retention", deleted=",".join(deleted), keep=retention)
     if publisher is not None:
-        publisher.publish(
+        _announce(
+            publisher,
             Notification(
                 version=version,
                 kind="full",
@@ -264,9 +266,18 @@ def export_model(
                 serving=store.serving_version(),
                 store=store.uri,
                 watermark_ms=meta.watermark_ms,
-            )
+            ),
         )
     return manifest
+
+
+def _announce(publisher: Publisher, notification: Notification) -> None:
+    """Publish, but never fail an export for it: the artifact is in the store, and services also
+    poll the store, so a missed notification only delays the swap until their next poll."""
+    try:
+        publisher.publish(notification)
+    except Exception as exc:  # noqa: BLE001  (redis.RedisError and socket errors alike)
+        log_event(logger, "publish failed", logging.WARNING, version=notification.version, error=str(exc))
 
 
 class Exporter:
@@ -296,6 +307,21 @@ class Exporter:
         self.base: Manifest | None = None
         self.seq = 0
         self._last_publication = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings | None = None, publish: bool = True) -> Exporter:
+        """Store, Redis publisher, quantisation, retention and delta interval from `UNIREC_MODEL_*`."""
+        settings = settings or StoreSettings()
+        publisher = (
+            Publisher(settings.redis_url, settings.model_channel, settings.model_latest_key) if publish else None
+        )
+        return cls(
+            open_store(settings=settings),
+            settings.model_quantization,
+            publisher=publisher,
+            retention=settings.model_retention,
+            delta_interval_s=settings.model_delta_interval_s,
+        )
 
     @property
     def base_version(self) -> str | None:
@@ -412,7 +438,8 @@ class Exporter:
             bytes=sum(len(d) for d in files.values()),
         )
         if self.publisher is not None:
-            self.publisher.publish(
+            _announce(
+                self.publisher,
                 Notification(
                     version=f"{base_version}+{seq}",
                     kind="delta",
@@ -421,7 +448,7 @@ class Exporter:
                     serving=self.store.serving_version(),
                     store=self.store.uri,
                     watermark_ms=meta.watermark_ms,
-                )
+                ),
             )
         return manifest
 
