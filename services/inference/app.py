@@ -67,7 +67,7 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         try:
             served = await anyio.to_thread.run_sync(holder.load)
             log_event(logger, "ready", version=served.version)
-        except (LoadFailed, NothingToServe) as exc:
+        except (LoadFailed, NothingToServe) as exc:  # not ready; the follower keeps trying
             log_event(logger, "not_ready", logging.WARNING, detail=str(exc), store=source.describe())
         if settings.follow:
             app.state.follower = Follower(holder, metrics, settings.redis_url, settings.poll_interval_s)

@@ -22,11 +22,11 @@ console = Console(stderr=True)
 
 
 def serve_command(
-    host: str | None = typer.Option(None, help="Interface to bind [env UNIREC_SERVE_HOST, default 127.0.0.1]."),
-    port: int | None = typer.Option(None, help="TCP port [env UNIREC_SERVE_PORT, default 8000]."),
-    workers: int | None = typer.Option(None, help="uvicorn worker processes [env UNIREC_SERVE_WORKERS, default 1]."),
-    store: str | None = typer.Option(None, help="Model store: directory or redis:// URL [env UNIREC_SERVE_STORE]."),
-    schema: str | None = typer.Option(None, help="Feature schema every model must match [env UNIREC_SERVE_SCHEMA]."),
+    host: str | None = typer.Option(None, help="Interface to bind (env UNIREC_SERVE_HOST, default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="TCP port (env UNIREC_SERVE_PORT, default 8000)."),
+    workers: int | None = typer.Option(None, help="uvicorn worker processes (env UNIREC_SERVE_WORKERS, default 1)."),
+    store: str | None = typer.Option(None, help="Model store: directory or redis:// URL (env UNIREC_SERVE_STORE)."),
+    schema: str | None = typer.Option(None, help="Feature schema every model must match (env UNIREC_SERVE_SCHEMA)."),
 ) -> None:
     """Serve predictions over HTTP from the latest exported model, following new exports."""
     import uvicorn

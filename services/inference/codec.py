@@ -13,8 +13,10 @@ import orjson
 from embedding.wire import encoding_for
 from services.inference.schemas import PredictBody
 
-_json = msgspec.json.Decoder(PredictBody)
-_msgpack = msgspec.msgpack.Decoder(PredictBody)
+# Lax at the HTTP edge: integral floats (7015.0) count as ints, as JSON Schema's `integer` allows and as
+# clients that only have doubles send them; numeric strings for ints ("881250949000") are accepted too.
+_json = msgspec.json.Decoder(PredictBody, strict=False)
+_msgpack = msgspec.msgpack.Decoder(PredictBody, strict=False)
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _FIELD = re.compile(r"Object (?P<what>missing required|contains unknown) field `(?P<name>[^`]*)`")
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[(\.\.\.)\]")

@@ -1,8 +1,9 @@
 """Follow the model registry: Redis pub/sub for prompt swaps, polling the store as the fallback.
 
 One daemon thread per worker process. Each export is announced on the channel `unirec:models`
-as JSON `{"version", "kind": "full"|"delta", "seq"}`; the follower hands it to the holder, which
-applies the delta (or loads in full) and swaps. Every `poll_interval_s` it also asks the store
+as JSON `{"version", "kind": "full"|"delta"|"pointer", "seq", ...}`; on each notice the follower
+asks the store for its serving version (pointer or newest, plus contiguous deltas) and the holder
+applies the deltas (or loads in full) and swaps. Every `poll_interval_s` it also asks the store
 for its latest version, so a missed message, a Redis outage, or a store without Redis still
 leads to the newest model, just later. A lost Redis connection is retried with backoff while
 polling goes on.
@@ -123,7 +124,9 @@ class Follower:
         self.last_message = message
         log_event(logger, "model_notified", version=version, kind=kind, seq=message.get("seq"))
         try:
-            self.holder.follow(version, kind if kind in ("full", "delta") else "auto")
+            # The store says where to go (its serving pointer plus contiguous deltas): a delta notice
+            # names its base version, and notices may arrive out of order or for a pinned store.
+            self.holder.follow(None, "auto")
         except Exception:
             logger.exception("applying a notified version failed")
 

@@ -26,6 +26,9 @@ from unirec.logs import get_logger, log_event
 logger = get_logger("serve.model")
 
 
+MAX_REFUSED = 64
+
+
 class LoadFailed(Exception):
     """A version was refused; the model served before keeps serving. `reason` is the metric label."""
 
@@ -192,7 +195,10 @@ class ModelHolder:
     def load(self, version: str | None = None, kind: str = "auto", *, unpin: bool = False) -> Served:
         """Load `version` (None: latest) and swap to it; raises LoadFailed / NothingToServe, counting the failure."""
         with self._lock:
-            target = version or self.source.latest()
+            try:
+                target = version or self.source.latest()
+            except Exception as exc:
+                raise NothingToServe(f"the model store {self.source.describe()} cannot be read: {exc}") from exc
             if target is None:
                 raise NothingToServe(f"the model store {self.source.describe()} holds no model yet")
             current = self._current
@@ -239,6 +245,8 @@ class ModelHolder:
 
     def _refuse(self, target: str, reason: str, exc: BaseException) -> NoReturn:
         self._refused[target] = reason
+        while len(self._refused) > MAX_REFUSED:  # admin reloads of made-up versions must not grow it forever
+            del self._refused[next(iter(self._refused))]
         log_event(logger, "load_refused", logging.ERROR, version=target, reason=reason, error=str(exc))
         raise LoadFailed(target, reason, exc) from exc
 

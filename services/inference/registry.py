@@ -26,11 +26,20 @@ def split_version(version: str) -> tuple[str, int]:
 
 class StoreRegistry:
     def __init__(self, store: ModelStore | str, expected_schema: FeatureSchema | None = None) -> None:
-        self.store = store if isinstance(store, ModelStore) else open_store(store)
+        self._location = store if isinstance(store, str) else store.uri
+        self._store = store if isinstance(store, ModelStore) else None
         self.expected_schema = expected_schema
 
+    @property
+    def store(self) -> ModelStore:
+        """Opened on first use, so a store that is not there yet (read-only volume, trainer not started)
+        does not stop the service from starting: it reports not ready and retries on every poll."""
+        if self._store is None:
+            self._store = open_store(self._location)
+        return self._store
+
     def describe(self) -> str:
-        return self.store.uri
+        return self._store.uri if self._store is not None else self._location
 
     def latest(self) -> str | None:
         base = self.store.serving_version()

@@ -47,9 +47,8 @@ def export(
 
 
 def make_app(store_dir: Path, **overrides: Any) -> FastAPI:
-    settings = ServeSettings(
-        store=str(store_dir), redis_url=overrides.pop("redis_url", NO_REDIS), poll_interval_s=0.05, **overrides
-    )
+    defaults = {"redis_url": NO_REDIS, "poll_interval_s": 0.05}
+    settings = ServeSettings(store=str(store_dir), **{**defaults, **overrides})
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
     return app
