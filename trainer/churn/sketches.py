@@ -107,19 +107,18 @@ class WindowSketch:
         candidates = np.flatnonzero(keep)
         if not candidates.size:
             return
-        h = hashes[candidates]
-        if self._passed.size:
-            pos = np.searchsorted(self._passed, h)
-            known = self._passed[np.minimum(pos, self._passed.size - 1)] == h
-            candidates, h = candidates[~known], h[~known]
-            if not candidates.size:
-                return
-        fresh, first = np.unique(h, return_index=True)  # sorted distinct hashes, first occurrence of each
-        candidates = candidates[np.sort(first)]
         if self._passed_theta != theta:  # theta fell: forget hashes the sketch no longer holds
             self._passed = self._passed[: np.searchsorted(self._passed, theta)]
             self._passed_theta = theta
-        self._passed = np.insert(self._passed, np.searchsorted(self._passed, fresh), fresh)
+        fresh, first = np.unique(hashes[candidates], return_index=True)  # sorted, first occurrence of each
+        pos = np.searchsorted(self._passed, fresh)
+        if self._passed.size:
+            unknown = self._passed[np.minimum(pos, self._passed.size - 1)] != fresh
+            fresh, first, pos = fresh[unknown], first[unknown], pos[unknown]
+            if not fresh.size:
+                return
+        self._passed = np.insert(self._passed, pos, fresh)
+        candidates = candidates[np.sort(first)]
         self.ids_passed += candidates.size
         update = self.sketch.update
         for value in values[candidates].tolist():
