@@ -10,15 +10,34 @@
 #
 # Usage (from the build stage, with pyproject.toml in the working directory):
 #   install.sh deps cpu|gpu    # third-party dependencies only (its own cached layer)
-#   install.sh app             # the unirec packages themselves, --no-deps
+#   install.sh app             # the unirec packages themselves, --no-deps, with their data files
+#   install.sh package-data D  # only copy the packages' data files under D (what `app` adds to the wheel)
 set -euo pipefail
 
 PIP=(python -m pip --disable-pip-version-check --no-cache-dir -q)
-step=${1:?usage: install.sh deps cpu|gpu, or install.sh app}
+step=${1:?usage: install.sh deps cpu|gpu, install.sh app, or install.sh package-data DEST}
+
+# Data files inside the packages (feature schemas, ...) that a wheel built without package-data
+# declarations leaves out: copied next to the installed modules, same relative paths.
+copy_package_data() {
+  local dest=$1 f
+  while IFS= read -r -d '' f; do
+    mkdir -p "$dest/$(dirname "$f")"
+    cp "$f" "$dest/$f"
+  done < <(find unirec embedding trainer services -type f ! -name '*.py' ! -name '*.pyc' \
+             ! -path '*/__pycache__/*' -print0 2>/dev/null)
+}
+
+if [[ $step == package-data ]]; then
+  copy_package_data "${2:?usage: install.sh package-data DEST}"
+  exit 0
+fi
 
 if [[ $step == app ]]; then
   "${PIP[@]}" install --no-deps --no-build-isolation .
-  python -c "import unirec.cli, embedding" || { echo "install.sh: unirec failed to import" >&2; exit 1; }
+  copy_package_data "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  python -c "import unirec.cli; from embedding.schema import load_schema; load_schema('movielens')" \
+    || { echo "install.sh: the installed unirec fails to import or to find its schemas" >&2; exit 1; }
   exit 0
 fi
 

@@ -96,3 +96,26 @@ def test_healthcheck_script_fails_when_nothing_listens() -> None:
                             env={"UNIREC_SERVE_PORT": str(free_port())}, capture_output=True, text=True, timeout=20,
                             check=False)
     assert result.returncode == 1 and "healthcheck:" in result.stderr
+
+
+def test_installed_app_ships_its_feature_schemas(tmp_path: Path) -> None:
+    """What `install.sh app` does in the image: a regular (non-editable) install plus the packages' data
+    files. Without the copy the wheel has no embedding/schemas/*.yaml and `movielens` would not resolve
+    (pyproject.toml declares no package data)."""
+    import shutil
+
+    src, target = tmp_path / "src", tmp_path / "site"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for pkg in ("unirec", "embedding", "trainer", "services"):
+        if (REPO / pkg).is_dir():
+            shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile",
+                    "--disable-pip-version-check", "--target", str(target), str(src)],
+                   check=True, capture_output=True, timeout=180)
+    subprocess.run(["bash", str(DOCKER / "install.sh"), "package-data", str(target)], cwd=src, check=True, timeout=60)
+    # embedding.schema resolves names in Path(__file__).parent / "schemas": the YAML must sit next to it
+    assert (target / "embedding" / "schema.py").is_file()
+    shipped = sorted(p.relative_to(REPO) for p in (REPO / "embedding" / "schemas").glob("*.yaml"))
+    assert shipped and all((target / p).is_file() for p in shipped), "schemas missing from the installed app"
