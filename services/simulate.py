@@ -371,17 +371,17 @@ def simulated_events(config: SimulatorConfig, n: int | None = None) -> Iterator[
 
 def simulate_command(
     schema: str = typer.Option("simulated", help="Feature YAML (or shipped name) with a `source.simulator` section."),
-    windows: int = typer.Option(None, min=1, help="Windows of event time to generate [default: the YAML's]."),
-    events_per_window: int = typer.Option(None, min=1, help="Events per window [default: the YAML's]."),
+    windows: int = typer.Option(None, min=1, help="Windows of event time to generate (default: the YAML's)."),
+    events_per_window: int = typer.Option(None, min=1, help="Events per window (default: the YAML's)."),
     events: int = typer.Option(None, min=1, help="Stop after this many events."),
-    seed: int = typer.Option(None, help="Random seed [default: the YAML's]."),
+    seed: int = typer.Option(None, help="Random seed (default: the YAML's)."),
     new_id_rate: float = typer.Option(None, min=0.0, max=1.0, help="Override: fraction of IDs replaced per window."),
     lifetime: int = typer.Option(None, min=1, help="Override: maximum ID lifetime in windows."),
     drift: float = typer.Option(None, min=0.0, help="Override: per-window drift std of the hidden effects."),
     output: str = typer.Option(None, help="Write events as JSON lines to this file ('-': stdout)."),
     truth: Path = typer.Option(None, help="Write the ground truth per window as JSON lines to this file."),
     topic: str = typer.Option(None, help="Produce the events to this Kafka topic (like `unirec produce`)."),
-    bootstrap: str = typer.Option(None, help="Kafka bootstrap servers [default: $UNIREC_KAFKA_BOOTSTRAP]."),
+    bootstrap: str = typer.Option(None, help="Kafka bootstrap servers (default: $UNIREC_KAFKA_BOOTSTRAP)."),
     rate: float = typer.Option(None, min=0.001, help="Events per second into Kafka (token bucket)."),
     encoding: str = typer.Option("json", help="Event encoding on Kafka: json or msgpack."),
 ) -> None:

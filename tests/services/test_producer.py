@@ -169,3 +169,16 @@ def test_cli_skips_bad_rows_and_fails_only_when_strict(tmp_path: Path, kafka_boo
     assert sorted(e.event_id for _, _, e in got) == ["r1", "r6"]
     strict = runner.invoke(app, [*args, "--strict"], env={"COLUMNS": "200"})
     assert strict.exit_code == 1, strict.output
+
+
+@pytest.mark.integration
+def test_live_time_stamps_events_at_send_time(kafka_bootstrap: str, topic_name: str) -> None:
+    import time
+
+    events = [Event(event_id=f"e{i}", ts=1000 + i, label=1, sparse={"user": i}) for i in range(20)]
+    before = time.time_ns() // 1_000_000
+    summary = replay(events, kafka_bootstrap, topic_name, key="user", live_time=True, partitions=1)
+    after = time.time_ns() // 1_000_000
+    got = [e for _, _, e in consume(kafka_bootstrap, topic_name, 20)]
+    assert summary.sent == 20 and [e.event_id for e in got] == [e.event_id for e in events]
+    assert all(before <= e.ts <= after for e in got)
