@@ -3,7 +3,8 @@
 Keys (all with the configured TTL; `P` is the key prefix, default `unirec:churn`):
 
     P:{feature}:{window_start}:{rank}        serialised compact theta sketch of the rank's IDs
-    P:{feature}:{window_start}:{rank}:rows   zlib(np.packbits) of the unified-table rows it touched
+    P:@rows:{window_start}:{rank}            zlib of the rank's touched-rows matrix (rows x ceil(F/8) bytes,
+                                             bit i % 8 of byte i // 8: feature i touched the row)
     P:@meta:{window_start}:{rank}            JSON: the step at which the rank closed the window, counts
     P:@progress:{rank}                       end (ms) of the latest window the rank has published
     P:@summary:{window_start}                JSON: the merged numbers of every feature (rank 0 writes)
@@ -49,8 +50,8 @@ class RankPart:
     window_start: int
     step: int
     sketches: dict[str, bytes] = field(default_factory=dict)
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
-    """Packed bitmaps per feature (np.packbits of M bits)."""
+    rows: np.ndarray | None = None
+    """Touched-rows matrix (table_rows x ceil(F/8) uint8, see `load.RowTracker`), if rows were tracked."""
     ids: int = 0
 
 
@@ -75,8 +76,8 @@ class Keys:
     def sketch(self, feature: str, window_start: int, rank: int) -> str:
         return f"{self.prefix}:{feature}:{window_start}:{rank}"
 
-    def rows(self, feature: str, window_start: int, rank: int) -> str:
-        return f"{self.sketch(feature, window_start, rank)}:rows"
+    def rows(self, window_start: int, rank: int) -> str:
+        return f"{self.prefix}:@rows:{window_start}:{rank}"
 
     def meta(self, window_start: int, rank: int) -> str:
         return f"{self.prefix}:@meta:{window_start}:{rank}"
@@ -150,9 +151,8 @@ class RedisExchange:
         core.append((k.meta(part.window_start, part.rank), orjson.dumps(meta)))
         core.append((k.progress(part.rank), str(window_end).encode()))
         bulky = []
-        if with_rows:
-            bulky = [(k.rows(f, part.window_start, part.rank), zlib.compress(bits.tobytes(), 1))
-                     for f, bits in part.rows.items()]
+        if with_rows and part.rows is not None:
+            bulky = [(k.rows(part.window_start, part.rank), zlib.compress(part.rows.tobytes(), 1))]
         self._enqueue(_Pending(part.window_start, core, bulky))
 
     def publish_summary(self, window_start: int, summary: dict[str, Any]) -> None:
@@ -213,12 +213,15 @@ class RedisExchange:
         values = self._call("progress", lambda: self._client.mget([self.keys.progress(r) for r in ranks]))
         return {r: int(v) for r, v in zip(ranks, values, strict=True) if v is not None}
 
-    def fetch_part(self, rank: int, window_start: int, features: Sequence[str], with_rows: bool) -> RankPart | None:
-        """Another rank's part of a window; None when it published nothing for it."""
+    def fetch_part(
+        self, rank: int, window_start: int, features: Sequence[str], rows_shape: tuple[int, int] | None
+    ) -> RankPart | None:
+        """Another rank's part of a window; None when it published nothing for it. `rows_shape`: fetch its
+        touched-rows matrix too (None: do not)."""
         k = self.keys
         names = [k.meta(window_start, rank)] + [k.sketch(f, window_start, rank) for f in features]
-        if with_rows:
-            names += [k.rows(f, window_start, rank) for f in features]
+        if rows_shape is not None:
+            names.append(k.rows(window_start, rank))
         values = self._call("fetch", lambda: self._client.mget(names))
         if values[0] is None:
             return None
@@ -226,10 +229,13 @@ class RedisExchange:
         n = len(features)
         part = RankPart(rank, window_start, int(meta["step"]), ids=int(meta.get("ids", 0)))
         part.sketches = {f: v for f, v in zip(features, values[1 : 1 + n], strict=True) if v is not None}
-        if with_rows:
-            for f, v in zip(features, values[1 + n :], strict=True):
-                if v is not None:
-                    part.rows[f] = np.frombuffer(zlib.decompress(v), dtype=np.uint8)
+        if rows_shape is not None and values[1 + n] is not None:
+            flat = np.frombuffer(zlib.decompress(values[1 + n]), dtype=np.uint8)
+            if flat.size == rows_shape[0] * rows_shape[1]:
+                part.rows = flat.reshape(rows_shape)
+            else:
+                log_event(log, "churn rows of another rank ignored: other table size or schema", logging.WARNING,
+                          rank=rank, window_start=window_start, size=flat.size, expected=rows_shape)
         return part
 
     def close(self) -> None:

@@ -13,7 +13,8 @@ that see equal tokens put them in the same rows; the formulas count those twice 
 Staleness: `RowTracker` keeps, per feature, the bitmap of rows it touched in the open window (the hot
 path ORs bits in), and globally, per feature, the bitmap of rows it ever touched plus one shared
 uint32 array with the step at which each row was last updated by any rank. Memory:
-M * (4 + 2 * ceil(F / 8)) bytes for F features (M = 2.6M rows, F = 26: 31 MB). Updates from other
+M * (4 + 2 * ceil(F / 8)) bytes for F features (M = 2.6M rows, F = 26: 31 MB), plus one more
+M * ceil(F / 8) per window waiting for other ranks' parts. Updates from other
 ranks arrive per window, so a row's last step is known to the resolution of one window (the step at
 which the rank that touched it closed that window).
 """
@@ -70,17 +71,22 @@ def table_load(
 
 
 class RowTracker:
-    """Which rows each feature touched, and when any rank last updated each row (see module doc)."""
+    """Which rows each feature touched, and when any rank last updated each row (see module doc).
+
+    Per row one byte per 8 features: bit i % 8 of byte i // 8 belongs to feature i, for the open window
+    (`take_window` hands it out and starts a new one) and for all merged windows (`apply`)."""
+
+    _CHUNK = 1 << 20
 
     def __init__(self, features: Sequence[str], table_rows: int) -> None:
         if table_rows < 1:
             raise ValueError(f"table_rows must be >= 1, got {table_rows}")
         self.features = list(features)
         self.table_rows = table_rows
+        self.width = max(1, math.ceil(len(self.features) / 8))
         self._slot = {f: (i // 8, np.uint8(1 << (i % 8))) for i, f in enumerate(self.features)}
-        width = max(1, math.ceil(len(self.features) / 8))
-        self._window = np.zeros((table_rows, width), dtype=np.uint8)
-        self._member = np.zeros((table_rows, width), dtype=np.uint8)
+        self._window = np.zeros((table_rows, self.width), dtype=np.uint8)
+        self._member = np.zeros((table_rows, self.width), dtype=np.uint8)
         self._last_step = np.zeros(table_rows, dtype=np.uint32)
         self._any_window = False
 
@@ -104,40 +110,37 @@ class RowTracker:
         column[rows] |= bit
         self._any_window = True
 
-    def take_window(self) -> dict[str, np.ndarray]:
-        """Packed bitmaps (np.packbits, M bits) of the rows each feature touched since the last call; resets."""
+    def take_window(self) -> np.ndarray | None:
+        """The open window's touched-rows matrix (table_rows x width bytes), or None if nothing was touched."""
         if not self._any_window:
-            return {}
-        out = {}
-        for f, (byte, bit) in self._slot.items():
-            touched = (self._window[:, byte] & bit) != 0
-            if touched.any():
-                out[f] = np.packbits(touched)
-        self._window[:] = 0
+            return None
+        window, self._window = self._window, np.zeros_like(self._window)
         self._any_window = False
-        return out
+        return window
 
-    def apply(self, touched: Mapping[str, np.ndarray], step: int) -> None:
-        """Merge one rank's packed bitmaps of one window, closed at `step`, into the global state."""
+    def apply(self, window: np.ndarray, step: int) -> None:
+        """Merge one rank's touched-rows matrix of one window, closed at `step`, into the global state."""
+        if window.shape != self._member.shape:
+            raise ValueError(f"touched-rows matrix of shape {window.shape}, expected {self._member.shape} "
+                             "(same schema and table_rows on every rank)")
+        np.bitwise_or(self._member, window, out=self._member)
+        touched = window.any(axis=1)
         step32 = np.uint32(min(max(step, 0), np.iinfo(np.uint32).max))
-        for f, packed in touched.items():
-            if f not in self._slot:
-                continue
-            mask = np.unpackbits(packed, count=self.table_rows).view(bool)
-            byte, bit = self._slot[f]
-            self._member[mask, byte] |= bit
-            last = self._last_step[mask]
-            self._last_step[mask] = np.maximum(last, step32)
+        np.maximum(self._last_step, step32, out=self._last_step, where=touched)
 
     def stale_shares(self, step: int, stale_steps: int) -> dict[str, float]:
         """Per feature: the share of the rows it ever touched that no rank updated in the last `stale_steps`."""
-        stale = (np.int64(step) - self._last_step.astype(np.int64)) >= stale_steps
-        out = {}
-        for f, (byte, bit) in self._slot.items():
-            member = (self._member[:, byte] & bit) != 0
-            n = int(np.count_nonzero(member))
-            out[f] = float(np.count_nonzero(member & stale)) / n if n else math.nan
-        return out
+        n = len(self.features)
+        members = np.zeros(n, dtype=np.int64)
+        stale = np.zeros(n, dtype=np.int64)
+        cutoff = step - stale_steps  # stale: last update at or before this step
+        for lo in range(0, self.table_rows, self._CHUNK):
+            bits = np.unpackbits(self._member[lo : lo + self._CHUNK], axis=1, bitorder="little")[:, :n]
+            members += bits.sum(axis=0, dtype=np.int64)
+            if cutoff >= 0:
+                old = self._last_step[lo : lo + self._CHUNK] <= cutoff
+                stale += bits[old].sum(axis=0, dtype=np.int64)
+        return {f: int(stale[i]) / int(members[i]) if members[i] else math.nan for i, f in enumerate(self.features)}
 
     def rows_touched(self) -> dict[str, int]:
         return {f: int(np.count_nonzero(self._member[:, byte] & bit)) for f, (byte, bit) in self._slot.items()}

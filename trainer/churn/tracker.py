@@ -196,7 +196,7 @@ class ChurnTracker:
         window, self._open = self._open, None
         assert window is not None
         compacts = {f: sk.compact() for f, sk in window.sketches.items() if sk.ids_seen}
-        touched = self._rows.take_window() if self._rows is not None else {}
+        touched = self._rows.take_window() if self._rows is not None else None
         part = RankPart(self.rank, window.start, window.step, {f: serialize(c) for f, c in compacts.items()},
                         touched, window.ids)
         self._closed += 1
@@ -232,9 +232,9 @@ class ChurnTracker:
                 ready = [r for r in others if progress.get(r, -1) >= end]
                 if len(ready) < len(others) and not overdue:
                     return False
-                with_rows = bool(head.part.rows) or self._rows is not None
+                shape = (self.table_rows, self._rows.width) if self._rows is not None else None
                 for r in ready:
-                    part = self._exchange.fetch_part(r, head.part.window_start, self.features, with_rows)
+                    part = self._exchange.fetch_part(r, head.part.window_start, self.features, shape)
                     if part is not None:
                         remote.append(part)
                 complete = len(ready) == len(others)
@@ -257,10 +257,8 @@ class ChurnTracker:
         for f, (occupied, collisions) in load.items():
             stats[f].occupied_rows, stats[f].collision_rate = occupied, collisions
         step = max(p.step for p in parts)
-        if any(p.rows for p in parts):
-            if self._rows is None:
-                self._rows = RowTracker(self.features, self.table_rows)
-            for p in parts:
+        for p in parts:
+            if p.rows is not None and self._rows is not None:
                 self._rows.apply(p.rows, p.step)
         if self._rows is not None:
             for f, share in self._rows.stale_shares(step, self.settings.stale_steps).items():
@@ -309,7 +307,7 @@ class ChurnTracker:
         if self._open is not None:
             open_bytes = sum(2 * sketch_bytes(sk.sketch) for sk in self._open.sketches.values())
         waiting = sum(
-            sum(sketch_bytes(c) for c in w.compacts.values()) + sum(r.nbytes for r in w.part.rows.values())
+            sum(sketch_bytes(c) for c in w.compacts.values()) + (w.part.rows.nbytes if w.part.rows is not None else 0)
             for w in self._waiting
         )
         return {

@@ -96,7 +96,7 @@ def test_two_ranks_report_the_same_global_numbers_as_one_rank(redis_url: str, re
     summaries = read_summaries(client, settings.key_prefix, last=10)
     assert [s["window_start_ms"] for s in summaries] == [0, 60_000, 120_000, 180_000]
     keys = Keys(settings.key_prefix)
-    assert client.exists(keys.sketch("user", 0, 0), keys.sketch("user", 0, 1), keys.rows("item", 0, 1)) == 3
+    assert client.exists(keys.sketch("user", 0, 0), keys.sketch("user", 0, 1), keys.rows(0, 1)) == 3
     assert 0 < client.ttl(keys.sketch("user", 0, 1)) <= settings.ttl_s
     for tracker in ranks + [single]:
         tracker.close()

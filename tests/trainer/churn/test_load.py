@@ -50,28 +50,33 @@ def test_table_rows_for_rejects_a_target_outside_0_1() -> None:
 
 
 def test_row_tracker_stale_share_per_feature() -> None:
-    tracker = RowTracker(["a", "b"], table_rows=100)
+    features = ["a", "b"] + [f"x{i}" for i in range(8)]  # two bytes per row: bits of a and b in the first
+    tracker = RowTracker(features, table_rows=100)
     tracker.touch("a", np.arange(0, 10))
     tracker.touch("b", np.array([5, 50, 50]))
+    tracker.touch("x7", np.array([99]))
     first = tracker.take_window()
-    assert set(first) == {"a", "b"}
-    assert np.unpackbits(first["b"], count=100).nonzero()[0].tolist() == [5, 50]
+    assert first is not None and first.shape == (100, 2)
+    assert np.flatnonzero(first[:, 0] & 2).tolist() == [5, 50] and np.flatnonzero(first[:, 1]).tolist() == [99]
     tracker.apply(first, step=100)
     tracker.touch("a", np.arange(0, 4))
     second = tracker.take_window()
-    assert set(second) == {"a"}
+    assert np.flatnonzero(second[:, 0] & 2).size == 0
     tracker.apply(second, step=200)
     # a's rows 0..3 updated at 200, 4..9 last at 100; b's row 5 was last updated (by a) at 100, row 50 at 100
     shares = tracker.stale_shares(step=250, stale_steps=100)
-    assert shares == {"a": pytest.approx(6 / 10), "b": pytest.approx(2 / 2)}
-    assert tracker.stale_shares(step=250, stale_steps=200) == {"a": 0.0, "b": 0.0}
+    assert shares["a"] == pytest.approx(6 / 10) and shares["b"] == 1.0 and shares["x7"] == 1.0
+    assert math.isnan(shares["x0"])
+    assert tracker.stale_shares(step=250, stale_steps=200)["a"] == 0.0
     # rows another rank updated later make them fresh for every feature that owns them
-    other = RowTracker(["a", "b"], table_rows=100)
+    other = RowTracker(features, table_rows=100)
     other.touch("a", np.array([50]))
     tracker.apply(other.take_window(), step=240)
     assert tracker.stale_shares(step=250, stale_steps=100)["b"] == pytest.approx(1 / 2)
-    assert tracker.rows_touched() == {"a": 11, "b": 2}
-    assert tracker.take_window() == {}
+    assert tracker.rows_touched()["a"] == 11 and tracker.rows_touched()["b"] == 2
+    assert tracker.take_window() is None
+    with pytest.raises(ValueError, match="same schema and table_rows"):
+        tracker.apply(np.zeros((100, 1), dtype=np.uint8), step=1)
 
 
 def test_row_tracker_rejects_rows_outside_the_table() -> None:
