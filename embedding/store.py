@@ -181,9 +181,9 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 class LocalModelStore(ModelStore):
     def __init__(self, root: str | Path) -> None:
+        """Creates nothing until the first write, so readers can open a read-only mount."""
         self.root = Path(root)
         self.uri = f"file://{self.root.resolve()}"
-        (self.root / "versions").mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -201,6 +201,7 @@ class LocalModelStore(ModelStore):
 
     def allocate_version(self) -> str:
         counter = self.root / "COUNTER"
+        (self.root / "versions").mkdir(parents=True, exist_ok=True)
         with self._lock():
             last = int(counter.read_text()) if counter.exists() else 0
             existing = [version_number(v) for v in self._all_dirs()]
@@ -211,7 +212,10 @@ class LocalModelStore(ModelStore):
         return format_version(number)
 
     def _all_dirs(self) -> list[str]:
-        return [p.name for p in (self.root / "versions").iterdir() if _VERSION_RE.match(p.name)]
+        versions = self.root / "versions"
+        if not versions.is_dir():
+            return []
+        return [p.name for p in versions.iterdir() if _VERSION_RE.match(p.name)]
 
     def _atomic_dir(self, target: Path, files: Mapping[str, bytes]) -> None:
         if target.exists():

@@ -91,6 +91,34 @@ class ExportState:
     collapsed: bool
 
 
+@dataclass(frozen=True)
+class _Layout:
+    shapes: dict[str, tuple[int, ...]]
+    tables: list[TableEntry]
+    collapsible: bool
+
+
+_LAYOUTS: dict[tuple[str, str], _Layout] = {}
+
+
+def _layout(schema: FeatureSchema, config: ModelConfig) -> _Layout:
+    """State-dict shapes and tables of `build_model(schema, config)`, built once on the meta device
+    (a trainer publishing a delta every few seconds should not rebuild the model each time)."""
+    key = (schema.fingerprint(), config.model_dump_json())
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        model = _build(schema, config, meta=True)
+        layout = _Layout(
+            {k: tuple(v.shape) for k, v in model.state_dict().items()},
+            find_tables(model.sparse),
+            hasattr(model.sparse, "collapse"),
+        )
+        if len(_LAYOUTS) >= 16:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
 def prepare(source: ModelSource) -> ExportState:
     """Validate the state against the model structure and collapse factorised layers."""
     if isinstance(source, DCNModel):
@@ -100,23 +128,22 @@ def prepare(source: ModelSource) -> ExportState:
     else:
         schema, config, raw_state = source
         state = {k: v.detach() for k, v in raw_state.items()}
-        model = _build(schema, config, meta=True)
-        expected = model.state_dict()
+        layout = _layout(schema, config)
+        expected = layout.shapes
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ValueError(
                 f"state_dict does not match build_model(schema, config) for method {config.method!r}: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        bad = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+        bad = [k for k, shape in expected.items() if shape != tuple(state[k].shape)]
         if bad:
             k = bad[0]
-            raise ValueError(
-                f"state_dict[{k!r}] has shape {tuple(state[k].shape)}, model expects {tuple(expected[k].shape)}"
-            )
-        if hasattr(model.sparse, "collapse"):
-            model = _build(schema, config, meta=False)
-            model.load_state_dict(state)
+            raise ValueError(f"state_dict[{k!r}] has shape {tuple(state[k].shape)}, model expects {expected[k]}")
+        if not layout.collapsible:
+            return ExportState(schema, config, config.method, state, list(layout.tables), collapsed=False)
+        model = _build(schema, config, meta=False)
+        model.load_state_dict(state)
     if not hasattr(model.sparse, "collapse"):
         return ExportState(schema, config, config.method, state, find_tables(model.sparse), collapsed=False)
     with torch.no_grad():

@@ -153,3 +153,9 @@ def test_redis_store_from_concurrent_writers_never_shares_an_id(redis_url: str) 
         t.join()
     assert len(set(ids)) == 80
     store.client.delete(f"{store.prefix}:counter")
+
+
+def test_reading_a_store_creates_nothing(tmp_path: Path) -> None:
+    store = LocalModelStore(tmp_path / "not-yet")
+    assert store.versions() == [] and store.serving_version() is None
+    assert not (tmp_path / "not-yet").exists(), "a reader on a read-only mount must not need to write"
