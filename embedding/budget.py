@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from embedding.methods._ops import vocab_shares
-from embedding.methods.compositional import coprime_moduli
+from embedding.methods.compositional import component_widths, coprime_moduli
+from embedding.methods.hash_embedding import importance_dim
 from embedding.schema import FeatureSchema
 
 FP32 = 4
@@ -101,11 +102,7 @@ def _compositional(
 def _comp_params(moduli: Sequence[int], width: int, operation: str) -> int:
     if operation == "path":
         return moduli[0] * width + moduli[1] * width * width
-    if operation == "concat":
-        k = len(moduli)
-        parts = [width // k + (1 if i < width % k else 0) for i in range(k)]
-        return sum(m * p for m, p in zip(moduli, parts, strict=True))
-    return sum(moduli) * width
+    return sum(m * w for m, w in zip(moduli, component_widths(width, len(moduli), operation), strict=True))
 
 
 def budget_method_args(
@@ -150,7 +147,7 @@ def budget_method_args(
             "hash_embedding",
             {
                 "rows": _rows(emb, schema, widths),
-                "importance_rows": _rows(imp, schema, dict.fromkeys(widths, num_hashes)),
+                "importance_rows": _rows(imp, schema, dict.fromkeys(widths, importance_dim(num_hashes))),
                 "num_hashes": num_hashes,
                 "multiplexed": False,
                 "seed": seed,
@@ -160,7 +157,7 @@ def budget_method_args(
             "hash_embedding",
             {
                 "num_rows": max(1, round(emb / d)),
-                "importance_rows": max(1, round(imp / num_hashes)),
+                "importance_rows": max(1, round(imp / importance_dim(num_hashes))),
                 "num_hashes": num_hashes,
                 "multiplexed": True,
                 "seed": seed,

@@ -78,10 +78,13 @@ def coprime_moduli(target: int, k: int) -> list[int]:
 
 
 def component_widths(width: int, k: int, operation: str) -> list[int]:
+    """Widths of the k component tables. Concat splits the width in multiples of 4 where it can,
+    since fbgemm's TBE (TorchRec sharding) needs table widths divisible by 4."""
     if operation == "concat":
         if width < k:
             raise ValueError(f"concat needs width >= number of parts; got width={width} parts={k}")
-        return [len(part) for part in np.array_split(np.arange(width), k)]
+        unit = 4 if width % 4 == 0 and width >= 4 * k else 1
+        return [len(part) * unit for part in np.array_split(np.arange(width // unit), k)]
     if operation == "path":
         return [width, width * width]
     return [width] * k

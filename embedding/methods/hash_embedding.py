@@ -11,7 +11,9 @@ weights are learned, so the model can tell colliding values apart by their weigh
   does k independent hash-embedding lookups with its own seeds (per seed group) and concatenates.
 
 Both tables are TorchRec tables: E is read with a weighted EBC (per-sample weights = p), P with
-unpooled per-value lookups, so gradients reach E, P and through the weights.
+unpooled per-value lookups, so gradients reach E, P and through the weights. TorchRec's sharding
+(fbgemm TBE) needs table widths divisible by 4, so P is `importance_dim(k)` = k rounded up to a
+multiple of 4 wide and only its first k columns are used (the padding counts in the parameters).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from embedding.hashing import UniversalHash
 from embedding.methods._ops import allocate, jagged, lookup_per_value, mean_pool_fix, seeded_hash, table
 from embedding.methods.base import EmbeddingMethod, register
 from embedding.schema import FeatureSchema
+
+
+def importance_dim(num_hashes: int) -> int:
+    """Width of the importance table: num_hashes rounded up to fbgemm's multiple of 4."""
+    return -(-num_hashes // 4) * 4
 
 
 @register
@@ -49,6 +56,7 @@ class HashEmbedding(EmbeddingMethod):
         if num_hashes < 1:
             raise ValueError(f"num_hashes must be >= 1, got {num_hashes}")
         self.num_hashes = num_hashes
+        width_p = importance_dim(num_hashes)
         self.multiplexed = multiplexed
         self.seed = seed
         self.init_std = init_std
@@ -70,7 +78,7 @@ class HashEmbedding(EmbeddingMethod):
                 table(
                     "multihash_importance",
                     int(importance_rows),
-                    num_hashes,
+                    width_p,
                     [f"{k}:imp" for k in key_names],
                     importance_std,
                     mean=1.0,
@@ -93,7 +101,7 @@ class HashEmbedding(EmbeddingMethod):
                 table(
                     f"multihash_importance_{n}",
                     self.importance_rows[n],
-                    num_hashes,
+                    width_p,
                     [f"{self._key_name((n, 0))}:imp"],
                     importance_std,
                     mean=1.0,
@@ -145,7 +153,7 @@ class HashEmbedding(EmbeddingMethod):
             keys=key_names,
             values=torch.cat(rows),
             lengths=torch.cat(lengths),
-            weights=torch.cat([w.reshape(-1) for w in weights]),
+            weights=torch.cat([w[:, : self.num_hashes].reshape(-1) for w in weights]),
         )
         pooled = self.ebc(kjt).to_dict()
         chunks = [pooled[k] for k in key_names]

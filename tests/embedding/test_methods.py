@@ -11,6 +11,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from embedding.methods import Collisionless, EmbeddingMethod, build_method, method_names
 from embedding.methods.compositional import component_widths
+from embedding.methods.hash_embedding import importance_dim
 from embedding.schema import FeatureSchema
 
 D = 4
@@ -57,7 +58,7 @@ def expected_parameters(module: EmbeddingMethod, schema: FeatureSchema) -> int:
         case "collisionless":
             return sum((cfg["vocab_sizes"][n] + 1) * w for n, w in widths.items())
         case "hash_embedding":
-            k = cfg["num_hashes"]
+            k = importance_dim(cfg["num_hashes"])  # padded to fbgemm's multiple of 4
             if cfg["multiplexed"]:
                 return cfg["num_rows"] * d + cfg["importance_rows"] * k
             return sum(cfg["rows"][n] * w + cfg["importance_rows"][n] * k for n, w in widths.items())
@@ -159,6 +160,7 @@ def test_managed_collision_admits_ids_after_eviction(schema: FeatureSchema, kjt:
 
 
 def test_component_widths_cover_the_feature() -> None:
-    assert component_widths(8, 3, "concat") == [3, 3, 2]
+    assert component_widths(7, 3, "concat") == [3, 2, 2]
+    assert component_widths(16, 3, "concat") == [8, 4, 4], "multiples of 4 where the width allows"
     assert component_widths(4, 2, "path") == [4, 16]
     assert component_widths(4, 3, "mult") == [4, 4, 4]
