@@ -247,7 +247,7 @@ def replay(
 
     bucket = TokenBucket(rate) if rate else None
     bar = _progress(progress, topic)
-    task = bar.add_task("produce", total=limit if limit is not None else total) if bar else None
+    task = bar.add_task("produce", total=limit if limit is not None else total, bad=0, rate=0.0) if bar else None
     attempted = 0
     nbytes = 0
     start = time.perf_counter()
@@ -274,7 +274,8 @@ def replay(
             except KafkaError as exc:
                 on_error(exc)
             if bar and attempted % 2000 == 0:
-                bar.update(task, completed=attempted, bad=bad_rows() if bad_rows else 0)  # type: ignore[arg-type]
+                rate_now = attempted / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, completed=attempted, bad=bad_rows() if bad_rows else 0, rate=rate_now)  # type: ignore[arg-type]
         producer.flush()
     except KeyboardInterrupt:
         log_event(log, "interrupted", sent_so_far=attempted)
@@ -283,7 +284,8 @@ def replay(
         summary.seconds = time.perf_counter() - start
         producer.close(timeout=10)
         if bar:
-            bar.update(task, completed=attempted, bad=bad_rows() if bad_rows else 0)  # type: ignore[arg-type]
+            rate_now = attempted / max(summary.seconds, 1e-9)
+            bar.update(task, completed=attempted, bad=bad_rows() if bad_rows else 0, rate=rate_now)  # type: ignore[arg-type]
             bar.stop()
     summary.sent = attempted - summary.failed
     summary.bytes = nbytes
@@ -307,6 +309,7 @@ def _progress(enabled: bool, topic: str) -> Progress | None:
         TextColumn(f"[bold]{topic}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} ev/s"),
         TextColumn("bad rows: {task.fields[bad]}"),
         TimeElapsedColumn(),
         console=console,

@@ -156,7 +156,7 @@ def test_cli_skips_bad_rows_and_fails_only_when_strict(tmp_path: Path, kafka_boo
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(BAD_SCHEMA))
     app = typer.Typer()
     app.command()(produce_command)
-    args = [str(tmp_path / "bad.yaml"), "--bootstrap", kafka_bootstrap, "--topic", topic_name, "--no-progress"]
+    args = [str(tmp_path / "bad.yaml"), "--bootstrap", kafka_bootstrap, "--topic", topic_name]  # with the progress bar
     runner = CliRunner()
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
