@@ -148,7 +148,7 @@ class RedisExchange:
         k = self.keys
         core = [(k.sketch(f, part.window_start, part.rank), data) for f, data in part.sketches.items()]
         meta = {"rank": part.rank, "window_start": part.window_start, "step": part.step, "ids": part.ids}
-        core.append((k.meta(part.window_start, part.rank), orjson.dumps(meta)))
+        core.append((k.meta(part.window_start, part.rank), orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY)))
         core.append((k.progress(part.rank), str(window_end).encode()))
         bulky = []
         if with_rows and part.rows is not None:
@@ -156,7 +156,8 @@ class RedisExchange:
         self._enqueue(_Pending(part.window_start, core, bulky))
 
     def publish_summary(self, window_start: int, summary: dict[str, Any]) -> None:
-        entry = _Pending(window_start, [(self.keys.summary(window_start), orjson.dumps(summary))], [])
+        payload = orjson.dumps(summary, option=orjson.OPT_SERIALIZE_NUMPY)
+        entry = _Pending(window_start, [(self.keys.summary(window_start), payload)], [])
         entry.index = (self.keys.index, window_start)
         self._enqueue(entry)
 
