@@ -12,6 +12,7 @@ takes part in the collective step without changing the model.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -114,7 +115,8 @@ class Trainer:
         log_event(log, "start", rank=self.ctx.rank, world=self.ctx.world_size, settings=s.model_dump(mode="json"))
         resumed = self._resume()
         if s.metrics_port:
-            self.metrics.serve(s.metrics_port + self.ctx.rank)
+            # local rank: every pod (node) serves ranks 0..nproc-1 on the same ports
+            self.metrics.serve(s.metrics_port + int(os.environ.get("LOCAL_RANK", self.ctx.rank)))
         with contextlib.ExitStack() as stack:
             self.ingest = KafkaIngest(
                 bootstrap=s.kafka_bootstrap,

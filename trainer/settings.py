@@ -61,7 +61,7 @@ class TrainerSettings(CommonSettings):
 
     # observability
     metrics_port: int = Field(9400, ge=0)
-    """Rank r serves /metrics on metrics_port + r; 0 disables."""
+    """Local rank r (on its node) serves /metrics on metrics_port + r; 0 disables."""
     auc_window: int = Field(5000, ge=100)
     predictions_log: Path | None = None
     """If set, each rank appends `step event_id score label` lines to `<path>.rank<r>` (for audits and tests)."""
