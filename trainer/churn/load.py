@@ -76,8 +76,6 @@ class RowTracker:
     Per row one byte per 8 features: bit i % 8 of byte i // 8 belongs to feature i, for the open window
     (`take_window` hands it out and starts a new one) and for all merged windows (`apply`)."""
 
-    _CHUNK = 1 << 20
-
     def __init__(self, features: Sequence[str], table_rows: int) -> None:
         if table_rows < 1:
             raise ValueError(f"table_rows must be >= 1, got {table_rows}")
@@ -130,17 +128,21 @@ class RowTracker:
 
     def stale_shares(self, step: int, stale_steps: int) -> dict[str, float]:
         """Per feature: the share of the rows it ever touched that no rank updated in the last `stale_steps`."""
-        n = len(self.features)
-        members = np.zeros(n, dtype=np.int64)
-        stale = np.zeros(n, dtype=np.int64)
         cutoff = step - stale_steps  # stale: last update at or before this step
-        for lo in range(0, self.table_rows, self._CHUNK):
-            bits = np.unpackbits(self._member[lo : lo + self._CHUNK], axis=1, bitorder="little")[:, :n]
-            members += bits.sum(axis=0, dtype=np.int64)
-            if cutoff >= 0:
-                old = self._last_step[lo : lo + self._CHUNK] <= cutoff
-                stale += bits[old].sum(axis=0, dtype=np.int64)
-        return {f: int(stale[i]) / int(members[i]) if members[i] else math.nan for i, f in enumerate(self.features)}
+        old = self._last_step <= cutoff if cutoff >= 0 else None
+        bit_of_value = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
+        members: dict[str, int] = {}
+        stale: dict[str, int] = {}
+        for byte in range(self.width):  # histogram of byte values, then bits: two passes over M per 8 features
+            column = np.ascontiguousarray(self._member[:, byte])
+            per_bit = np.bincount(column, minlength=256) @ bit_of_value
+            per_bit_old = np.bincount(column[old], minlength=256) @ bit_of_value if old is not None else None
+            for f, (b, bit) in self._slot.items():
+                if b == byte:
+                    i = int(bit).bit_length() - 1
+                    members[f] = int(per_bit[i])
+                    stale[f] = int(per_bit_old[i]) if per_bit_old is not None else 0
+        return {f: stale[f] / members[f] if members[f] else math.nan for f in self.features}
 
     def rows_touched(self) -> dict[str, int]:
         return {f: int(np.count_nonzero(self._member[:, byte] & bit)) for f, (byte, bit) in self._slot.items()}

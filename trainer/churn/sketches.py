@@ -94,6 +94,8 @@ class WindowSketch:
         self._passed = np.empty(0, dtype=np.uint64)
         """Sorted hashes already passed to the sketch (pruned to those below theta)."""
         self._passed_theta = self.sketch.theta64
+        self._repeats = False
+        """Whether most surviving hashes of the last batch were already passed (then look them up unsorted)."""
 
     def update(self, fingerprints: np.ndarray) -> None:
         values = as_int64(fingerprints)
@@ -110,10 +112,20 @@ class WindowSketch:
         if self._passed_theta != theta:  # theta fell: forget hashes the sketch no longer holds
             self._passed = self._passed[: np.searchsorted(self._passed, theta)]
             self._passed_theta = theta
-        fresh, first = np.unique(hashes[candidates], return_index=True)  # sorted, first occurrence of each
+        h = hashes[candidates]
+        if self._passed.size and self._repeats:  # mostly known hashes: drop them before sorting the rest
+            pos = np.searchsorted(self._passed, h)
+            unknown = self._passed[np.minimum(pos, self._passed.size - 1)] != h
+            self._repeats = np.count_nonzero(unknown) < unknown.size // 2
+            candidates, h = candidates[unknown], h[unknown]
+            if not candidates.size:
+                return
+        fresh, first = np.unique(h, return_index=True)  # sorted, first occurrence of each
         pos = np.searchsorted(self._passed, fresh)
         if self._passed.size:
             unknown = self._passed[np.minimum(pos, self._passed.size - 1)] != fresh
+            if not self._repeats:
+                self._repeats = np.count_nonzero(unknown) < unknown.size // 2
             fresh, first, pos = fresh[unknown], first[unknown], pos[unknown]
             if not fresh.size:
                 return
