@@ -98,6 +98,7 @@ class Trainer:
             redis_url=settings.redis_url,
             registry=self.metrics.registry,
         )
+        self.churn_enabled = True
         self.first_batch_at: float | None = None
         self.step = 0
         self.events = 0
@@ -141,7 +142,7 @@ class Trainer:
                 self._predictions = stack.enter_context(open(path, "a", buffering=1))
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._request_stop)
-            stack.callback(self.churn.close)
+            stack.callback(self._close_churn)
             self.ingest.start()
             self._loop()
             self._checkpoint()  # a clean stop always leaves a final checkpoint
@@ -253,7 +254,18 @@ class Trainer:
             rows, lengths = self.unified.rows(sparse)
             self.exports.mark(rows)
             rows = rows_of(self.schema, rows, lengths)
-        self.churn.observe(fingerprints_of(sparse), batch.max_ts_ms, rows, step=self.step)
+        if self.churn_enabled:
+            try:
+                self.churn.observe(fingerprints_of(sparse), batch.max_ts_ms, rows, step=self.step)
+            except Exception:  # observability must never stop training
+                log.exception("churn tracking failed; disabled for the rest of this run")
+                self.churn_enabled = False
+
+    def _close_churn(self) -> None:
+        try:
+            self.churn.close()
+        except Exception:
+            log.exception("churn tracker failed to close")
 
     def _observe(self, loss: float, n: int) -> None:
         m = self.metrics
