@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -58,7 +59,9 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         holder = ModelHolder(source, metrics, expected, settings.keep_versions)
         app.state.settings = settings
         app.state.holder = holder
-        app.state.limiter = anyio.CapacityLimiter(settings.inference_threads)
+        # A few long-lived scoring threads: torch keeps one thread team per calling thread, and
+        # short-lived pool threads would each build (and spin) their own.
+        app.state.scorer = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="unirec-score")
         app.state.churn = ChurnReader(settings.redis_url)
         app.state.follower = None
         log_event(logger, "starting", source=source.describe(), **settings.redacted())
@@ -77,6 +80,7 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         finally:
             if app.state.follower is not None:
                 await anyio.to_thread.run_sync(app.state.follower.stop)
+            app.state.scorer.shutdown(wait=False, cancel_futures=True)
             log_event(logger, "stopped")
 
     app = FastAPI(

@@ -56,13 +56,16 @@ class ServeSettings(CommonSettings):
     follow: bool = True
     """Follow the registry (Redis pub/sub, polling as fallback) and swap to new exports."""
     inference_threads: int = Field(2, ge=1, le=64)
-    """Predict calls scored at once per worker (each in a thread); more wait, within the request timeout."""
+    """Predict calls scored at once per worker, each on one of this many long-lived threads; more wait
+    in a queue, within the request timeout."""
     poll_interval_s: float = Field(5.0, gt=0)
     """Seconds between polls of the store's latest version (the fallback when pub/sub is silent or down)."""
     keep_versions: int = Field(3, ge=1, le=32)
     """Previous models kept in memory for `POST /v1/model/rollback`."""
-    torch_threads: int | None = Field(None, ge=1)
-    """torch intra-op threads per worker; None leaves torch's default."""
+    torch_threads: int | None = Field(1, ge=1)
+    """torch intra-op threads per worker; None leaves torch's default (one per core). Serving batches are
+    small: parallelism comes from `inference_threads` and `workers`; intra-op threads on top of them
+    oversubscribe the cores."""
     access_log: bool = True
     """One JSON log line per request."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic.json_schema import models_json_schema
 
@@ -89,13 +88,10 @@ async def predict(request: Request, served: ServedDep, settings: SettingsDep, me
         )
     metrics.batch_size.observe(n)
     request.state.log_fields = {"batch": n, "version": served.version}
+    loop = asyncio.get_running_loop()
+    work = loop.run_in_executor(request.app.state.scorer, score, served, events, metrics)
     try:
-        probabilities = await asyncio.wait_for(
-            anyio.to_thread.run_sync(
-                score, served, events, metrics, abandon_on_cancel=True, limiter=request.app.state.limiter
-            ),
-            timeout=settings.request_timeout_s,
-        )
+        probabilities = await asyncio.wait_for(work, timeout=settings.request_timeout_s)
     except RequestInvalid as exc:
         raise _unprocessable(exc) from exc
     except TimeoutError as exc:
