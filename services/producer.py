@@ -362,7 +362,7 @@ def produce_command(
     except (UnirecError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
-    _print_summary(summary, report)
+    print_summary(summary, report)
     if summary.failed or (strict and report.count):
         raise typer.Exit(1)
 
@@ -395,7 +395,7 @@ class _Reiterable:
         return self._make()
 
 
-def _print_summary(summary: ProduceSummary, report: BadRowReport) -> None:
+def print_summary(summary: ProduceSummary, report: BadRowReport) -> None:
     from rich.table import Table
 
     table = Table(title=f"produced to {summary.topic}", show_header=False)

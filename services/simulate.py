@@ -450,7 +450,10 @@ def _to_files(sim: Simulator, events: int | None, output: str | None, truth_fh: 
 
 def _to_kafka(sim: Simulator, config: SimulatorConfig, events: int | None, topic: str, bootstrap: str | None,
               rate: float | None, encoding: str, truth_fh: Any) -> None:
-    from services.producer import ProducerSettings, replay
+    from services.producer import ProducerSettings, print_summary, quiet_kafka_logs, replay
+    from services.replay.reader import BadRowReport
+
+    quiet_kafka_logs()
 
     def stream() -> Iterator[Event]:
         for window in sim.windows(events):
@@ -462,6 +465,6 @@ def _to_kafka(sim: Simulator, config: SimulatorConfig, events: int | None, topic
     settings = ProducerSettings()
     summary = replay(stream(), bootstrap or settings.kafka_bootstrap, topic, key=config.message_key,
                      encoding=encoding, rate=rate, progress=True, total=events)  # type: ignore[arg-type]
-    console.print(summary.as_dict())
+    print_summary(summary, BadRowReport())
     if summary.failed:
         raise typer.Exit(1)

@@ -166,3 +166,21 @@ def test_cli_writes_events_and_ground_truth(tmp_path: Path) -> None:
     windows = [json.loads(line) for line in truth.read_text().splitlines()]
     assert [w["events"] for w in windows] == [300, 300]
     assert windows[1]["features"]["user"]["born"] > 50_000  # half of the 200k user IDs replaced
+
+
+@pytest.mark.integration
+def test_cli_streams_into_kafka_with_ground_truth(tmp_path: Path, kafka_bootstrap: str, topic_name: str) -> None:
+    import typer
+
+    from services.simulate import simulate_command
+    from tests.services.conftest import consume
+
+    app = typer.Typer()
+    app.command()(simulate_command)
+    truth = tmp_path / "truth.jsonl"
+    result = CliRunner().invoke(app, ["--events", "500", "--events-per-window", "200", "--topic", topic_name,
+                                      "--bootstrap", kafka_bootstrap, "--truth", str(truth)])
+    assert result.exit_code == 0, result.output
+    got = consume(kafka_bootstrap, topic_name, 500)
+    assert len(got) == 500 and all(key == str(e.sparse["user"]).encode() for _, key, e in got)
+    assert [json.loads(line)["events"] for line in truth.read_text().splitlines()] == [200, 200, 100]
