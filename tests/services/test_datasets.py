@@ -56,3 +56,12 @@ def test_data_list_command(movielens_dir: Path, monkeypatch: pytest.MonkeyPatch)
     result = CliRunner().invoke(datasets.data_app, ["list"], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "movielens" in result.output and str(movielens_dir) in result.output and "frappe" in result.output
+
+
+def test_data_fetch_command_uses_the_cache(movielens_dir: Path) -> None:
+    result = CliRunner().invoke(datasets.data_app, ["fetch", "movielens"],
+                                env={"UNIREC_HOME": str(movielens_dir.parent.parent), "COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert f"movielens: {movielens_dir}" in result.output
+    bad = CliRunner().invoke(datasets.data_app, ["fetch", "criteo"])
+    assert bad.exit_code == 1 and "cannot be fetched" in bad.output

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from embedding.events import Event
@@ -182,3 +184,17 @@ def test_live_time_stamps_events_at_send_time(kafka_bootstrap: str, topic_name: 
     got = [e for _, _, e in consume(kafka_bootstrap, topic_name, 20)]
     assert summary.sent == 20 and [e.event_id for e in got] == [e.event_id for e in events]
     assert all(before <= e.ts <= after for e in got)
+
+
+@settings(max_examples=50, deadline=None)
+@given(gaps=st.lists(st.integers(0, 5000), min_size=1, max_size=30), passes=st.integers(1, 4))
+def test_property_looping_keeps_time_increasing_and_ids_unique(gaps: list[int], passes: int) -> None:
+    ts = [1_000 + sum(gaps[: i + 1]) for i in range(len(gaps))]
+    events = [Event(event_id=f"e{i}", ts=t) for i, t in enumerate(ts)]
+    out = [e for _, e in looped(events, passes)]
+    assert len(out) == passes * len(events)
+    assert len({e.event_id for e in out}) == len(out)
+    stamps = [e.ts for e in out]
+    assert stamps == sorted(stamps)
+    for p in range(1, passes):  # each pass starts after the previous one ended
+        assert stamps[p * len(events)] > stamps[p * len(events) - 1]

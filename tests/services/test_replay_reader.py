@@ -181,3 +181,21 @@ def test_non_finite_dense_and_bad_multivalent_ints_are_bad_rows(tmp_path: Path) 
         (3, "feature 'tags': 'x' in '3|x' is not an integer"),
         (4, "dense feature 'price': 'nan' is not finite"),
     ]
+
+
+def test_column_names_from_the_header_line(tmp_path: Path) -> None:
+    schema = {
+        "name": "hdr",
+        "sparse": [{"name": "user", "dtype": "int"}],
+        "source": {"path": ["a.tsv", "b.tsv"], "format": "tsv", "header": True,
+                   "label": {"column": "y", "rule": "== 1"}, "event_id": {"column": "id"},
+                   "timestamp": {"start_ms": 100, "step_ms": 10}},
+    }
+    (tmp_path / "a.tsv").write_text("id\tuser\ty\nx1\t5\t1\n")
+    (tmp_path / "b.tsv").write_text("id\tuser\ty\nx2\t6\t0\n")
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(schema))
+    events = list(iter_events(tmp_path / "h.yaml"))
+    assert [(e.event_id, e.ts, e.label, e.sparse) for e in events] == [
+        ("x1", 100, 1, {"user": 5}),
+        ("x2", 110, 0, {"user": 6}),
+    ]
