@@ -92,6 +92,7 @@ def test_predictions_flow_and_the_served_version_advances(stack: RunningStack) -
 def test_status_page_renders_live_figures_in_chromium(stack: RunningStack, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
+        assert not os.environ.get("CI"), "CI installs Debian chromium (.ci/run); it is missing"
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     flags = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
