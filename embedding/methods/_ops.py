@@ -65,10 +65,11 @@ def lookup_per_value(
     """
     counts = [int(i.numel()) for i in indices]
     stride = max(counts) if counts else 0
+    device = indices[0].device if indices else torch.device("cpu")
     if stride == 0:
         dims = _feature_dims(ebc)
-        return [torch.zeros((0, dims[k])) for k in keys]
-    lengths = torch.zeros((len(keys), stride), dtype=torch.int64)
+        return [torch.zeros((0, dims[k]), device=device) for k in keys]
+    lengths = torch.zeros((len(keys), stride), dtype=torch.int64, device=device)
     for k, n in enumerate(counts):
         lengths[k, :n] = 1
     kjt = KeyedJaggedTensor(keys=list(keys), values=torch.cat(list(indices)), lengths=lengths.view(-1))

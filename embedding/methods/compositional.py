@@ -263,7 +263,8 @@ class CompositionalEmbedding(EmbeddingMethod):
         frequent_rows = frequent_rows or {}
         for name in self.frequent:  # every table of the EBC must be in the one lookup
             keys.append(f"{self._key((name, 0))}#full")
-            idx.append(frequent_rows[name].clamp(min=0) if name in frequent_rows else torch.zeros(0, dtype=torch.int64))
+            empty = torch.zeros(0, dtype=torch.int64, device=self.frequent_values(name).device)
+            idx.append(frequent_rows[name].clamp(min=0) if name in frequent_rows else empty)
         rows = dict(zip(keys, lookup_per_value(self.ebc, keys, idx), strict=True))
         out = []
         for key in self._keys:

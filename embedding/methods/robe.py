@@ -53,7 +53,7 @@ def _affine(x: torch.Tensor, coef: tuple[int, int, int, int], e: int, steps: int
     """((A*e + B*x + C*s + D) mod P) for s in [0, steps): shape [n, steps]."""
     a, b, c, d = coef
     bx = mul_mod_mersenne61(mod_mersenne61_u64(x), b)  # [n], < P
-    const = torch.tensor([(a * e + c * s + d) % MERSENNE_61 for s in range(steps)], dtype=torch.int64)
+    const = torch.tensor([(a * e + c * s + d) % MERSENNE_61 for s in range(steps)], dtype=torch.int64, device=x.device)
     return mod_mersenne61(bx.unsqueeze(1) + const.unsqueeze(0))  # both < 2^61: sum < 2^62
 
 
@@ -158,7 +158,7 @@ class RobeEmbedding(EmbeddingMethod):
         size, e = self.sizes[feature], self._table_ids[feature]
         coef_h, coef_g = self._coef[feature]
         start = _affine(values, coef_h, e, chunks) % size  # [n, chunks]
-        offset = torch.arange(width) % z
+        offset = torch.arange(width, device=values.device) % z
         idx = (start.repeat_interleave(z, dim=1)[:, :width] + offset) % size + self._offsets[feature]
         sign = None
         if coef_g is not None:

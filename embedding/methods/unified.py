@@ -101,7 +101,7 @@ class UnifiedEmbedding(EmbeddingMethod):
         if n_blocks == 1:
             return KeyedJaggedTensor(keys=self._block_keys, values=rows, lengths=lengths)
         # route each row to its block; group values by (key, block) keeping bag order inside
-        bag = torch.repeat_interleave(torch.arange(n_keys * batch), lengths)  # key*batch + example
+        bag = torch.repeat_interleave(torch.arange(n_keys * batch, device=rows.device), lengths)  # key*batch + example
         block = torch.div(rows, self.block_rows, rounding_mode="floor")
         key = torch.div(bag, batch, rounding_mode="floor")
         group = key * n_blocks + block
