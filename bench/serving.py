@@ -33,7 +33,7 @@ from rich.progress import Progress
 from embedding import Event, Featurizer, load_schema
 from embedding.export import ExportMeta, export_model
 from embedding.model import ModelConfig, build_model
-from embedding.serving import load_serving_model
+from embedding.serving import ServingModel, load_serving_model
 from embedding.store import LocalModelStore
 from unirec.infra import free_port
 
@@ -71,21 +71,16 @@ def summarise(latencies: list[float], wall: float, batch: int) -> dict[str, floa
     }
 
 
-def in_process(store: LocalModelStore, batches: dict[int, list[list[Event]]], requests: dict[int, int]) -> dict:
-    model = load_serving_model(store)
+def in_process(model: ServingModel, pool: list[list[Event]], total: int) -> tuple[list[float], float]:
+    """Latencies of `total` featurize + forward calls on this thread, and the wall time they took."""
     featurizer = Featurizer(model.schema)
-    out = {}
-    for batch, pool in batches.items():
-        for events in pool[:5]:  # warm-up
-            model.predict(featurizer(events))
-        latencies = []
-        started = time.perf_counter()
-        for i in range(requests[batch]):
-            t0 = time.perf_counter()
-            model.predict(featurizer(pool[i % len(pool)]))
-            latencies.append(time.perf_counter() - t0)
-        out[batch] = summarise(latencies, time.perf_counter() - started, batch)
-    return out
+    latencies = []
+    started = time.perf_counter()
+    for i in range(total):
+        t0 = time.perf_counter()
+        model.predict(featurizer(pool[i % len(pool)]))
+        latencies.append(time.perf_counter() - t0)
+    return latencies, time.perf_counter() - started
 
 
 def start_server(store_dir: Path, home: Path, port: int) -> subprocess.Popen[bytes]:
@@ -116,12 +111,8 @@ def start_server(store_dir: Path, home: Path, port: int) -> subprocess.Popen[byt
     raise RuntimeError("the service did not become ready within 300 s")
 
 
-def over_http(url: str, bodies: dict[int, list[bytes]], requests: dict[int, int], concurrency: int) -> dict:
-    return {batch: load(url, pool, requests[batch], concurrency, batch) for batch, pool in bodies.items()}
-
-
-def load(url: str, pool: list[bytes], total: int, concurrency: int, batch: int) -> dict[str, float]:
-    """`total` requests from `concurrency` keep-alive clients; latency per request, throughput overall."""
+def over_http(url: str, pool: list[bytes], total: int, concurrency: int) -> tuple[list[float], float, int]:
+    """`total` requests from `concurrency` keep-alive clients: latencies, wall time, non-200 answers."""
     headers = {"content-type": "application/json"}
     latencies: list[float] = []
     errors = 0
@@ -139,24 +130,20 @@ def load(url: str, pool: list[bytes], total: int, concurrency: int, batch: int) 
                     latencies.append(elapsed)
                     errors += response.status_code != 200
 
-    with httpx.Client(timeout=60) as http:  # warm-up
-        for body in pool[:5]:
-            http.post(url, content=body, headers=headers)
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    result = summarise(latencies, time.perf_counter() - started, batch)
-    result["errors"] = errors
-    return result
+    return latencies, time.perf_counter() - started, errors
 
 
 def main(
     batch: list[int] = typer.Option([1, 64, 512], help="Events per request."),
     concurrency: list[int] = typer.Option([1, 4], help="Requests in flight over HTTP."),
-    requests_per_batch: int = typer.Option(200, help="Requests per batch size (fewer for large batches)."),
+    requests_per_batch: int = typer.Option(200, help="Requests per batch size and path (fewer for large batches)."),
+    rounds: int = typer.Option(5, help="Rounds alternating the paths, so load from other jobs hits all alike."),
     torch_threads: int = typer.Option(1, help="torch threads, in-process and in the service alike."),
 ) -> None:
     torch.manual_seed(0)
@@ -164,57 +151,73 @@ def main(
     os.environ["UNIREC_SERVE_TORCH_THREADS"] = str(torch_threads)
     schema = load_schema("movielens")
     requests = {b: max(20, min(requests_per_batch, requests_per_batch * 64 // max(b, 64))) for b in batch}
+    paths = [("in-process", 1)] + [("HTTP", c) for c in concurrency]
+    samples: dict[tuple[int, str, int], dict] = {
+        (b, p, c): {"latencies": [], "wall": 0.0, "errors": 0} for b in batch for p, c in paths
+    }
     with tempfile.TemporaryDirectory() as tmp, Progress() as progress:
         root = Path(tmp)
         store = LocalModelStore(root / "models")
         export_model(build_model(schema, CONFIG), store, "int8", ExportMeta(watermark_ms=int(time.time() * 1000)))
+        model = load_serving_model(store)
         pools = {b: [make_events(b, seed) for seed in range(8)] for b in batch}
         structs = {b: [[Event(**e) for e in events] for events in pool] for b, pool in pools.items()}
         bodies = {b: [orjson.dumps({"events": events}) for events in pool] for b, pool in pools.items()}
-        task = progress.add_task("in-process", total=1 + len(concurrency))
-        local = in_process(store, structs, requests)
-        progress.advance(task)
+        task = progress.add_task("starting the service", total=rounds * len(batch) * len(paths))
         port = free_port()
-        progress.update(task, description="starting the service")
+        url = f"http://127.0.0.1:{port}/v1/predict"
         server = start_server(root / "models", root, port)
         try:
-            remote = {}
-            for c in concurrency:
-                progress.update(task, description=f"HTTP, {c} in flight")
-                remote[c] = over_http(f"http://127.0.0.1:{port}/v1/predict", bodies, requests, c)
-                progress.advance(task)
+            for b in batch:  # warm both sides
+                in_process(model, structs[b], 5)
+                over_http(url, bodies[b], 5, 1)
+            for r in range(rounds):
+                for b in batch:
+                    per_round = max(1, requests[b] // rounds)
+                    for p, c in paths:
+                        progress.update(task, description=f"round {r + 1}/{rounds}: batch {b}, {p} x{c}")
+                        if p == "in-process":
+                            latencies, wall, errors = *in_process(model, structs[b], per_round), 0
+                        else:
+                            latencies, wall, errors = over_http(url, bodies[b], per_round, c)
+                        sample = samples[(b, p, c)]
+                        sample["latencies"] += latencies
+                        sample["wall"] += wall
+                        sample["errors"] += errors
+                        progress.advance(task)
         finally:
             server.terminate()
             server.wait(timeout=30)
-    write_report(local, remote, requests)
+    results = {
+        key: {**summarise(v["latencies"], v["wall"], key[0]), "errors": v["errors"], "n": len(v["latencies"])}
+        for key, v in samples.items()
+    }
+    write_report(results, batch, paths, rounds, torch_threads)
 
 
-def write_report(local: dict, remote: dict, requests: dict[int, int]) -> None:
+def write_report(results: dict, batch: list[int], paths: list[tuple[str, int]], rounds: int, threads: int) -> None:
     lines = [
         "# Inference service: HTTP vs in-process",
         "",
         "Generated by `bench/serving.py` (see its docstring for the method). "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at the end of the run (other jobs share these cores), torch "
-        f"{torch.__version__} with {torch.get_num_threads()} threads. Model: MovieLens schema (6 sparse "
+        f"{torch.__version__} with {threads} thread(s) on both sides. Model: MovieLens schema (6 sparse "
         f"features), unified embedding {CONFIG.method_args['num_rows']:,} x 16 int8, DCN-v2 "
         f"(cross {CONFIG.cross_layers} x rank {CONFIG.cross_rank}, over {list(CONFIG.over_arch)}). "
-        "One uvicorn worker.",
+        f"One uvicorn worker. {rounds} rounds alternating the paths; requests summed over rounds.",
         "",
-        "| batch | requests | path | in flight | predictions/s | p50 ms | p99 ms | HTTP / in-process | errors |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch | path | in flight | requests | predictions/s | p50 ms | p99 ms | HTTP / in-process | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for b, base in local.items():
-        lines.append(
-            f"| {b} | {requests[b]} | in-process | 1 | {base['preds_per_s']:,.0f} | {base['p50_ms']:.2f} | "
-            f"{base['p99_ms']:.2f} | 1.00 | - |"
-        )
-        for c, per_batch in remote.items():
-            r = per_batch[b]
-            ratio = r["preds_per_s"] / base["preds_per_s"]
+    for b in batch:
+        base = results[(b, "in-process", 1)]["preds_per_s"]
+        for p, c in paths:
+            r = results[(b, p, c)]
+            errors = "-" if p == "in-process" else str(r["errors"])
             lines.append(
-                f"| {b} | {requests[b]} | HTTP | {c} | {r['preds_per_s']:,.0f} | {r['p50_ms']:.2f} | "
-                f"{r['p99_ms']:.2f} | {ratio:.2f} | {r['errors']} |"
+                f"| {b} | {p} | {c} | {r['n']} | {r['preds_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['preds_per_s'] / base:.2f} | {errors} |"
             )
     lines += [
         "",
