@@ -160,3 +160,23 @@ def test_seen_mask_marks_rows_trained_on(trained: DCNModel, schema: FeatureSchem
     updated = served.apply_delta(load_delta(store, served.base_version, 1))
     assert updated.seen_mask(unseen)["user"].all()
     assert torch.equal(served.seen_mask(unseen)["user"], mask["user"]), "the old model keeps its own mask"
+
+
+@pytest.mark.parametrize("variant", ["robe_mux", "qr", "managed_collision"])
+def test_deltas_of_other_methods_reach_the_next_full_export(variant: str, schema: FeatureSchema, batch, store) -> None:  # type: ignore[no-untyped-def]
+    """Without row tracking the trainer sends every row; non-table tensors (ROBE array, remaps) ride along."""
+    from embedding.budget import budget_method_args
+    from embedding.export import find_tables
+
+    method, args = budget_method_args(schema, 48 << 10, variants=[variant])[variant]
+    model = build_model(schema, ModelConfig(method=method, method_args=args, dense_arch=(), over_arch=(16,)))
+    part = slice_batch(batch, 0, 400)
+    exporter = Exporter(store, "int8", retention=None)
+    base = exporter.export_full(model)
+    train(model, part, steps=2, size=200)
+    every_row = {t.key: torch.arange(t.rows) for t in find_tables(model.sparse)}
+    exporter.export_delta(every_row, (schema, model.config, model.state_dict()))
+    nxt = export_model(model, store, "int8")
+    _assert_reproduces(store, base.version, nxt.version, [1])
+    served = load_serving_model(store, base.version).apply_delta(load_delta(store, base.version, 1))
+    assert torch.equal(served.predict(part), load_serving_model(store, nxt.version).predict(part))
