@@ -6,10 +6,11 @@ call (about 250 ns per item here, plus about 90 ns for `ndarray.tolist()`; see b
 computes for an int64 (MurmurHash3_x64_128 of the 8 little-endian bytes, seed 9001, first word
 shifted right by one) and passes on only the values whose hash is below the sketch's current theta:
 the sketch rejects every other value itself, so the result is identical (byte for byte) while an
-estimation-mode sketch of n IDs sees only about k/n of them. It also keeps the sorted hashes it has
-already passed on (at most those below theta: about 2k) and drops survivors found there or repeated
-in the batch (first occurrence kept, so the insertion order is unchanged): the sketch would ignore them
-as duplicates. So each distinct ID below theta costs one `update()` call per window, however hot it is.
+estimation-mode sketch of n IDs sees only about k/n of them. It also remembers the IDs it has already
+passed on (pandas' C hash table, `Int64HashTable`; pruned to those below theta when it passes 4k) and
+drops survivors found there or repeated in the batch (first occurrence kept, so the insertion order is
+unchanged): the sketch would ignore them as duplicates. So each distinct ID below theta costs one
+`update()` call per window, however hot it is.
 
 Distinct counts come from the same theta sketch (relative standard error 1/sqrt(k)) rather than a
 separate HLL sketch: an HLL would need a second Python call per item without telling anything the
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 
 import datasketches as ds
 import numpy as np
+import pandas as pd
+from pandas._libs.hashtable import Int64HashTable
 
 THETA_SEED = 9001
 """DataSketches' default seed; sketches with other seeds cannot be combined with these."""
@@ -91,11 +94,11 @@ class WindowSketch:
         """IDs offered (with repeats): the denominator of the pre-filter's savings."""
         self.ids_passed = 0
         """IDs that reached the sketch's own update after the pre-filter."""
-        self._passed = np.empty(0, dtype=np.uint64)
-        """Sorted hashes already passed to the sketch (pruned to those below theta)."""
-        self._passed_theta = self.sketch.theta64
-        self._repeats = False
-        """Whether most surviving hashes of the last batch were already passed (then look them up unsorted)."""
+        self._passed = Int64HashTable(1 << 10)
+        """The IDs already passed to the sketch (a C hash table: vectorised membership)."""
+        self._passed_ids: list[np.ndarray] = []
+        self._passed_count = 0
+        self._prune_at = 4 << lg_k
 
     def update(self, fingerprints: np.ndarray) -> None:
         values = as_int64(fingerprints)
@@ -106,35 +109,31 @@ class WindowSketch:
         theta = np.uint64(self.sketch.theta64)
         keep = hashes < theta
         keep &= hashes != 0
-        candidates = np.flatnonzero(keep)
-        if not candidates.size:
+        fresh = values[keep]
+        if not fresh.size:
             return
-        if self._passed_theta != theta:  # theta fell: forget hashes the sketch no longer holds
-            self._passed = self._passed[: np.searchsorted(self._passed, theta)]
-            self._passed_theta = theta
-        h = hashes[candidates]
-        if self._passed.size and self._repeats:  # mostly known hashes: drop them before sorting the rest
-            pos = np.searchsorted(self._passed, h)
-            unknown = self._passed[np.minimum(pos, self._passed.size - 1)] != h
-            self._repeats = np.count_nonzero(unknown) < unknown.size // 2
-            candidates, h = candidates[unknown], h[unknown]
-            if not candidates.size:
-                return
-        fresh, first = np.unique(h, return_index=True)  # sorted, first occurrence of each
-        pos = np.searchsorted(self._passed, fresh)
-        if self._passed.size:
-            unknown = self._passed[np.minimum(pos, self._passed.size - 1)] != fresh
-            if not self._repeats:
-                self._repeats = np.count_nonzero(unknown) < unknown.size // 2
-            fresh, first, pos = fresh[unknown], first[unknown], pos[unknown]
+        if self._passed_count:
+            fresh = fresh[self._passed.lookup(fresh) < 0]
             if not fresh.size:
                 return
-        self._passed = np.insert(self._passed, pos, fresh)
-        candidates = candidates[np.sort(first)]
-        self.ids_passed += candidates.size
+        fresh = pd.unique(fresh)  # hash-based, first occurrence order: the sketch sees the same sequence
+        self._remember(fresh, theta)
+        self.ids_passed += fresh.size
         update = self.sketch.update
-        for value in values[candidates].tolist():
+        for value in fresh.tolist():
             update(value)
+
+    def _remember(self, fresh: np.ndarray, theta: np.uint64) -> None:
+        self._passed.map_locations(fresh)
+        self._passed_ids.append(fresh)
+        self._passed_count += fresh.size
+        if self._passed_count > self._prune_at:  # forget IDs whose hash is no longer below theta
+            kept = np.concatenate(self._passed_ids)
+            kept = kept[theta_hashes(kept) < theta]
+            self._passed = Int64HashTable(max(kept.size, 1 << 10))
+            self._passed.map_locations(kept)
+            self._passed_ids, self._passed_count = [kept], kept.size
+            self._prune_at = max(self._prune_at, 2 * kept.size)
 
     def compact(self) -> ds.compact_theta_sketch:
         """The window's final sketch: trimmed to the nominal 2^lg_k entries (the update sketch's table may hold
