@@ -341,6 +341,8 @@ def produce_command(
     live_time: bool = typer.Option(False, "--live-time", help="Stamp events with the wall clock at send time."),
 ) -> None:
     """Replay a dataset into a Kafka topic: one JSON (or msgpack) event per message."""
+    from kafka.errors import KafkaError
+
     settings = ProducerSettings()
     quiet_kafka_logs()
     bootstrap = bootstrap or settings.kafka_bootstrap
@@ -358,8 +360,9 @@ def produce_command(
             compression=compression, linger_ms=linger_ms, batch_size=batch_size,  # type: ignore[arg-type]
             rate=rate, limit=limit, loops=n_loops, partitions=partitions, progress=progress,
             bad_rows=lambda: report.count, live_time=live_time,
+            total=len(events) * n_loops if isinstance(events, list) and n_loops else None,
         )
-    except (UnirecError, ValueError) as exc:
+    except (UnirecError, ValueError, KafkaError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     print_summary(summary, report)
@@ -380,10 +383,10 @@ def _open(
         config = SimulatorConfig.from_schema(schema)
         return _Reiterable(lambda: simulated_events(config)), config.key
     source = open_source(dataset, path, report, data_dir)
+    if source.spec.sorted_by_time:  # sorting holds the whole dataset in memory anyway: keep it (for every pass)
+        return list(source_events(source)), source.spec.key
     if not reiterable:
         return source_events(source), source.spec.key
-    if source.spec.sorted_by_time:  # sorting holds the whole dataset in memory anyway: keep it for every pass
-        return list(source_events(source)), source.spec.key
     return _Reiterable(lambda: source_events(source)), source.spec.key
 
 

@@ -198,3 +198,17 @@ def test_property_looping_keeps_time_increasing_and_ids_unique(gaps: list[int], 
     assert stamps == sorted(stamps)
     for p in range(1, passes):  # each pass starts after the previous one ended
         assert stamps[p * len(events)] > stamps[p * len(events) - 1]
+
+
+def test_cli_names_a_missing_file_and_exits_2(tmp_path: Path) -> None:
+    import typer
+
+    from services.producer import produce_command
+
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(BAD_SCHEMA))
+    app = typer.Typer()
+    app.command()(produce_command)
+    result = CliRunner().invoke(app, [str(tmp_path / "bad.yaml"), "--bootstrap", "127.0.0.1:1"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert "rows.tsv not found" in " ".join(result.output.split())
