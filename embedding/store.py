@@ -299,7 +299,14 @@ class RedisModelStore(ModelStore):
     """Files as chunks under `<prefix>:<version>[:d<seq>]:f:<name>:<i>`, indexed by a hash per
     artifact and a sorted set of versions (score = version number)."""
 
-    def __init__(self, url: str, prefix: str = "unirec:store", chunk_bytes: int = 4 << 20, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "unirec:store",
+        chunk_bytes: int = 4 << 20,
+        client: Any = None,
+        pending_ttl_s: int = 3600,
+    ) -> None:
         import redis
 
         if chunk_bytes < 1:
@@ -307,6 +314,7 @@ class RedisModelStore(ModelStore):
         self.uri = url
         self.prefix = prefix
         self.chunk_bytes = chunk_bytes
+        self.pending_ttl_s = pending_ttl_s
         self.client = client if client is not None else redis.Redis.from_url(url)
 
     def _art(self, version: str, seq: int | None = None) -> str:
@@ -317,20 +325,31 @@ class RedisModelStore(ModelStore):
         return format_version(int(self.client.incr(f"{self.prefix}:counter")))
 
     def _write(self, art: str, files: Mapping[str, bytes], commit: Any) -> None:
+        """Chunks first, with an expiry (a writer that dies mid-way leaves no garbage behind), then
+        one MULTI/EXEC that makes them permanent and commits the index."""
         index: dict[str, bytes] = {}
-        pipe = self.client.pipeline(transaction=False)
+        chunk_keys: list[str] = []
         for name, data in files.items():
             _check_name(name)
             n_chunks = max(1, -(-len(data) // self.chunk_bytes))
+            pipe = self.client.pipeline(transaction=False)
             for i in range(n_chunks):
-                pipe.set(f"{art}:f:{name}:{i}", data[i * self.chunk_bytes : (i + 1) * self.chunk_bytes])
+                key = f"{art}:f:{name}:{i}"
+                pipe.set(key, data[i * self.chunk_bytes : (i + 1) * self.chunk_bytes], ex=self.pending_ttl_s)
+                chunk_keys.append(key)
+                if len(pipe) >= 16:  # bound the pipeline's memory to 16 chunks
+                    pipe.execute()
+            pipe.execute()
             index[name] = orjson.dumps({"size": len(data), "chunks": n_chunks})
-        pipe.execute()
         tx = self.client.pipeline(transaction=True)
+        for key in chunk_keys:
+            tx.persist(key)
         tx.delete(f"{art}:files")
         tx.hset(f"{art}:files", mapping=index)
         commit(tx)
-        tx.execute()
+        results = tx.execute()
+        if not all(results[: len(chunk_keys)]):
+            raise ArtifactError(f"{self.uri}: chunks of {art} expired before the commit (raise pending_ttl_s)")
 
     def write_version(self, version: str, files: Mapping[str, bytes]) -> None:
         if self.client.zscore(f"{self.prefix}:versions", version) is not None:
@@ -365,7 +384,8 @@ class RedisModelStore(ModelStore):
         entry = self._index(version, seq).get(name)
         if entry is None:
             raise ArtifactError(f"{art}:{name}: file missing (check: presence)")
-        chunks = self.client.mget([f"{art}:f:{name}:{i}" for i in range(entry["chunks"])])
+        keys = [f"{art}:f:{name}:{i}" for i in range(entry["chunks"])]
+        chunks = [c for i in range(0, len(keys), 16) for c in self.client.mget(keys[i : i + 16])]
         if any(c is None for c in chunks):
             raise ArtifactError(f"{art}:{name}: chunk missing (check: presence)")
         return b"".join(chunks)

@@ -159,3 +159,27 @@ def test_reading_a_store_creates_nothing(tmp_path: Path) -> None:
     store = LocalModelStore(tmp_path / "not-yet")
     assert store.versions() == [] and store.serving_version() is None
     assert not (tmp_path / "not-yet").exists(), "a reader on a read-only mount must not need to write"
+
+
+@pytest.mark.integration
+def test_redis_chunks_are_permanent_only_once_committed(redis_url: str) -> None:
+    store = RedisModelStore(redis_url, prefix=f"test:{uuid.uuid4().hex[:8]}", chunk_bytes=1000)
+    version = store.allocate_version()
+    store.write_version(version, FILES)
+    keys = list(store.client.scan_iter(match=f"{store.prefix}:{version}:f:*"))
+    assert len(keys) == 1 + 6 and all(store.client.ttl(k) == -1 for k in keys)
+    # a writer that dies after some chunks: nothing becomes visible and its chunks expire by themselves
+
+    class Dying(dict):
+        def items(self):  # type: ignore[no-untyped-def]
+            yield "tables.safetensors", b"y" * 2500
+            raise RuntimeError("writer killed")
+
+    doomed = store.allocate_version()
+    with pytest.raises(RuntimeError, match="killed"):
+        store.write_version(doomed, Dying())
+    assert doomed not in store.versions()
+    orphans = list(store.client.scan_iter(match=f"{store.prefix}:{doomed}:*"))
+    assert len(orphans) == 3 and all(0 < store.client.ttl(k) <= store.pending_ttl_s for k in orphans)
+    for key in store.client.scan_iter(match=f"{store.prefix}:*"):
+        store.client.delete(key)
