@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from services.benchmarks.cli import bench_app
 from services.datasets import data_app
 from services.inference.cli import serve_command
 from services.producer import produce_command
@@ -31,6 +32,7 @@ app.add_typer(churn_app, name="churn")
 app.command("train")(train_command)
 app.command("serve")(serve_command)
 app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -1,0 +1,485 @@
+"""Parameter-accuracy comparison of the embedding methods at equal memory, on real data.
+
+    unirec bench quality                         # full mode: every method, 4 budgets, 3 seeds, 3 datasets
+    unirec bench quality --fast                  # CI mode: MovieLens head, 2 budgets, 1 seed, 4 methods
+    unirec bench quality --dataset frappe --mlet-sweep
+
+The protocol follows the unified-embedding paper's Table 1: one DCN-v2 model (`embedding.model`),
+only the embedding method changes; every method gets the same number of trainable fp32 embedding
+bytes (`embedding.budget.budget_method_args`), expressed as a share of the collisionless tables
+(one row per value seen in the training split). Events are split in time order (first
+`train_share` for training, the rest held out; Frappe has no timestamps, so row order); the model
+trains one pass over the training split in time order, as a streaming trainer would, and is scored
+on the held-out part (ROC AUC and log loss, mean and std over seeds; the seed changes both the
+initialisation and the hash functions).
+
+Optimiser (the trainer's split, in-process and unsharded): every parameter of the embedding
+method (tables, ROBE arrays, importance weights, MLET projections) with Adagrad at `sparse_lr`,
+the dense network with Adam at `dense_lr`; gradients are dense, which is fine at these sizes.
+
+Results: a JSON of every run, and per dataset a markdown table (rows = methods, columns =
+budgets, best per column in bold) and a Pareto plot (embedding bytes vs AUC, log x).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from embedding.budget import FP32, VARIANTS, budget_method_args
+from embedding.events import Event, FeatureBatch, Featurizer
+from embedding.methods._ops import jagged
+from embedding.model import DCNModel, ModelConfig, build_model
+from embedding.schema import FeatureSchema, load_schema
+from services.replay.reader import iter_events
+from trainer.progressive import log_loss, rank_auc
+from unirec.logs import get_logger, log_event
+
+log = get_logger("bench.quality")
+
+DATASETS = ("movielens", "frappe", "criteo")
+BASELINE = "collisionless"
+MUX = {"hash_embedding_mux", "hashednet_mux", "robe_mux", "qr_mux", "pq_mux"}
+"""Labels of the multiplexed variants (one parameter space shared by all features)."""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    batch_size: int = 512
+    epochs: int = 1
+    sparse_lr: float = 0.05
+    dense_lr: float = 2e-3
+
+
+@dataclass
+class Split:
+    """A dataset featurized once and split in time order."""
+
+    name: str
+    schema: FeatureSchema
+    train: list[FeatureBatch]
+    test: list[FeatureBatch]
+    vocab: dict[str, np.ndarray]
+    """Fingerprints seen per feature in the training split (the collisionless vocabulary)."""
+    n_train: int
+    n_test: int
+    positive_rate: float
+
+    @property
+    def collisionless_bytes(self) -> int:
+        return sum((len(v) + 1) * self.schema.width(n) * FP32 for n, v in self.vocab.items())
+
+
+@dataclass
+class RunResult:
+    dataset: str
+    label: str
+    method: str
+    budget_share: float
+    budget_bytes: int
+    bytes: int
+    seed: int
+    auc: float
+    logloss: float
+    train_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_split(
+    name: str,
+    *,
+    limit: int | None = None,
+    train_share: float = 0.8,
+    batch_size: int = 512,
+    data_dir: str | Path | None = None,
+    embedding_dim: int | None = None,
+) -> Split:
+    """Events of a shipped dataset in time order, featurized in batches and split train/test."""
+    schema = load_schema(name)
+    if embedding_dim is not None:
+        schema = schema.model_copy(update={"embedding_dim": embedding_dim})
+    events: list[Event] = list(iter_events(schema, limit=limit, data_dir=data_dir))
+    if len(events) < 100:
+        raise ValueError(f"dataset {name!r} gave {len(events)} events; need at least 100 for a train/test split")
+    cut = int(len(events) * train_share)
+    featurize = Featurizer(schema)
+
+    def batches(part: Sequence[Event]) -> list[FeatureBatch]:
+        return [featurize(part[i : i + batch_size]) for i in range(0, len(part), batch_size)]
+
+    train, test = batches(events[:cut]), batches(events[cut:])
+    seen: dict[str, list[np.ndarray]] = {n: [] for n in schema.sparse_names}
+    for b in train:
+        for n, bag in jagged(b.sparse, schema).items():
+            seen[n].append(bag.values().numpy())
+    vocab = {n: np.unique(np.concatenate(v)) if v else np.empty(0, np.int64) for n, v in seen.items()}
+    labels = np.array([e.label for e in events], dtype=np.float64)
+    return Split(name, schema, train, test, vocab, cut, len(events) - cut, float(labels.mean()))
+
+
+def budget_shares(n: int, low: float = 0.01, high: float = 0.5) -> list[float]:
+    """n shares of the collisionless bytes, log-spaced from `low` to `high`."""
+    if n < 1 or not 0 < low <= high:
+        raise ValueError(f"need n >= 1 and 0 < low <= high; got n={n}, low={low}, high={high}")
+    if n == 1:
+        return [high]
+    return [float(x) for x in np.geomspace(low, high, n)]
+
+
+def configs_at(split: Split, share: float, labels: Sequence[str], seed: int) -> dict[str, ModelConfig]:
+    """label -> ModelConfig with `share` x the collisionless bytes (collisionless itself: the full tables)."""
+    out: dict[str, ModelConfig] = {}
+    variants = [v for v in labels if v != BASELINE]
+    budget = int(split.collisionless_bytes * share)
+    counts = {n: max(1, len(v)) for n, v in split.vocab.items()}
+    for label, (method, args) in budget_method_args(
+        split.schema, budget, vocab=counts, variants=variants, seed=seed
+    ).items():
+        out[label] = ModelConfig(method=method, method_args=args, seed=seed)
+    if BASELINE in labels:
+        out[BASELINE] = ModelConfig(
+            method=BASELINE, method_args={"vocab_sizes": {n: len(v) for n, v in split.vocab.items()}}, seed=seed
+        )
+    return {label: out[label] for label in labels if label in out}
+
+
+def build(split: Split, config: ModelConfig) -> DCNModel:
+    model = build_model(split.schema, config)
+    if config.method == BASELINE:  # fill the vocabulary buffers with the training split's values
+        for n, values in split.vocab.items():
+            model.sparse.vocabulary(n).copy_(torch.from_numpy(values))
+    return model
+
+
+def embedding_bytes(model: DCNModel) -> int:
+    return sum(p.numel() * p.element_size() for p in model.sparse.parameters())
+
+
+def train_eval(split: Split, config: ModelConfig, spec: TrainSpec) -> tuple[float, float, float, int]:
+    """(held-out AUC, held-out log loss, training seconds, trainable embedding bytes) of one run."""
+    model = build(split, config)
+    sparse_params = list(model.sparse.parameters())
+    ids = {id(p) for p in sparse_params}
+    dense_params = [p for p in model.parameters() if id(p) not in ids]
+    optimisers = [
+        torch.optim.Adagrad(sparse_params, lr=spec.sparse_lr),
+        torch.optim.Adam(dense_params, lr=spec.dense_lr),
+    ]
+    started = time.perf_counter()
+    model.train()
+    for _ in range(spec.epochs):
+        for batch in split.train:
+            assert batch.labels is not None
+            loss = F.binary_cross_entropy_with_logits(model(batch.sparse, batch.dense), batch.labels)
+            for opt in optimisers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimisers:
+                opt.step()
+    train_s = time.perf_counter() - started
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([torch.sigmoid(model(b.sparse, b.dense)) for b in split.test]).double().numpy()
+    labels = torch.cat([b.labels for b in split.test if b.labels is not None]).double().numpy()
+    return rank_auc(scores, labels), log_loss(scores, labels), train_s, embedding_bytes(model)
+
+
+def run_grid(
+    split: Split,
+    labels: Sequence[str],
+    shares: Sequence[float],
+    seeds: Sequence[int],
+    spec: TrainSpec,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Every (budget, label, seed); collisionless once per seed (its size does not depend on the budget)."""
+    results: list[RunResult] = []
+    for seed in seeds:
+        for i, share in enumerate(shares):
+            wanted = [lb for lb in labels if lb != BASELINE or i == 0]
+            for label, config in configs_at(split, share, wanted, seed).items():
+                auc, loss, train_s, nbytes = train_eval(split, config, spec)
+                is_base = label == BASELINE
+                result = RunResult(
+                    dataset=split.name,
+                    label=label,
+                    method=config.method,
+                    budget_share=1.0 if is_base else share,
+                    budget_bytes=split.collisionless_bytes if is_base else int(split.collisionless_bytes * share),
+                    bytes=nbytes,
+                    seed=seed,
+                    auc=auc,
+                    logloss=loss,
+                    train_s=train_s,
+                )
+                results.append(result)
+                log_event(log, "run", **{k: v for k, v in asdict(result).items() if k != "extra"})
+                if on_result is not None:
+                    on_result(result)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: Sequence[RunResult]) -> dict[tuple[str, float], dict[str, float]]:
+    """(label, budget share) -> auc/logloss mean and std, bytes, number of seeds."""
+    groups: dict[tuple[str, float], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.label, r.budget_share), []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        auc, auc_std = _mean_std([r.auc for r in runs])
+        loss, loss_std = _mean_std([r.logloss for r in runs])
+        out[key] = {
+            "auc": auc,
+            "auc_std": auc_std,
+            "logloss": loss,
+            "logloss_std": loss_std,
+            # MLET trains a k-wide factorisation but serves the collapsed d-wide table: plot what is served
+            "bytes": statistics.fmean(r.budget_bytes if r.method == "mlet" else r.bytes for r in runs),
+            "n": len(runs),
+            "train_s": statistics.fmean(r.train_s for r in runs),
+        }
+    return out
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def markdown_table(split: Split, results: Sequence[RunResult], spec: TrainSpec, note: str = "") -> str:
+    """Table-1 style: rows = methods, columns = budgets; AUC and log loss mean ± std, best per column bold."""
+    summary = summarise(results)
+    shares = sorted({s for (lb, s) in summary if lb != BASELINE})
+    labels = [lb for lb in dict.fromkeys(r.label for r in results) if lb != BASELINE]
+    seeds = sorted({r.seed for r in results})
+    base = summary.get((BASELINE, 1.0))
+    lines = [
+        f"# Quality at equal memory: {split.name}",
+        "",
+        f"Generated by `unirec bench quality`. {split.n_train:,} training and {split.n_test:,} held-out events "
+        f"(time-ordered split; positive rate {split.positive_rate:.3f}), d={split.schema.embedding_dim}, "
+        f"{len(split.schema.sparse)} sparse features, DCN-v2 (`embedding.model`), one pass in time order, "
+        f"batch {spec.batch_size}, Adagrad lr {spec.sparse_lr:g} for the embedding method's parameters and Adam lr "
+        f"{spec.dense_lr:g} for the dense network; seeds {seeds} (initialisation and hash functions). Budgets are "
+        f"shares of the collisionless tables ({_fmt_bytes(split.collisionless_bytes)} of fp32 for the "
+        f"{sum(len(v) for v in split.vocab.values()):,} values seen in training), split by "
+        "`embedding.budget.budget_method_args`; columns show the share and the bytes every method spends. "
+        "Cells: held-out AUC mean ± std over seeds (log loss below); **bold** = best in the column; "
+        "`mux` = multiplexed (one parameter space shared by all features); MLET spends the budget on the "
+        "collapsed table it serves and trains a k = 4d factorisation of it." + (f" {note}" if note else ""),
+        "",
+    ]
+    if base is not None:
+        lines += [
+            f"Collisionless (full tables, {_fmt_bytes(base['bytes'])}): AUC {base['auc']:.4f} ± {base['auc_std']:.4f}, "
+            f"log loss {base['logloss']:.4f} ± {base['logloss_std']:.4f}.",
+            "",
+        ]
+    for metric, better in (("auc", max), ("logloss", min)):
+        head = (
+            "| method | " + " | ".join(f"{s:.3g} ({_fmt_bytes(split.collisionless_bytes * s)})" for s in shares) + " |"
+        )
+        lines += [f"## {'AUC' if metric == 'auc' else 'Log loss'}", "", head, "|---|" + "---:|" * len(shares)]
+        best = {}
+        for s in shares:
+            values = [summary[(lb, s)][metric] for lb in labels if (lb, s) in summary]
+            best[s] = better(v for v in values if math.isfinite(v)) if any(map(math.isfinite, values)) else None
+        for lb in labels:
+            cells = []
+            for s in shares:
+                cell = summary.get((lb, s))
+                if cell is None:
+                    cells.append("–")
+                    continue
+                text = f"{cell[metric]:.4f} ± {cell[metric + '_std']:.4f}"
+                cells.append(f"**{text}**" if cell[metric] == best[s] else text)
+            lines.append(f"| {lb} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pareto_plot(split: Split, results: Sequence[RunResult], path: Path) -> None:
+    """Embedding bytes (log x) vs held-out AUC, one line per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(results)
+    labels = [lb for lb in dict.fromkeys(r.label for r in results) if lb != BASELINE]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    cmap = plt.get_cmap("tab20")
+    for i, lb in enumerate(labels):
+        pts = sorted((v["bytes"], v["auc"], v["auc_std"]) for (label, _), v in summary.items() if label == lb)
+        xs, ys, es = zip(*pts, strict=True)
+        style = "-" if lb in MUX or lb == "unified" else "--"
+        ax.errorbar(xs, ys, yerr=es, label=lb, marker="o", ms=3, linestyle=style, color=cmap(i % 20), capsize=2)
+    base = summary.get((BASELINE, 1.0))
+    if base is not None:
+        ax.errorbar(
+            [base["bytes"]],
+            [base["auc"]],
+            yerr=[base["auc_std"]],
+            marker="*",
+            ms=12,
+            color="black",
+            linestyle="none",
+            label="collisionless",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable embedding bytes (fp32)")
+    ax.set_ylabel("held-out AUC")
+    ax.set_title(f"{split.name}: AUC at equal memory (solid: unified and multiplexed)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ MLET sweep
+
+
+def mlet_sweep(
+    name: str,
+    dims: Sequence[int],
+    factors: Sequence[int],
+    row_share: float,
+    seeds: Sequence[int],
+    spec: TrainSpec,
+    *,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """AUC vs output dim d of unified with MLET at inner dim k = factor x d (factor 0 = plain unified).
+
+    Rows are fixed at `row_share` x the collisionless rows, so the served table grows with d as in
+    the MLET paper's comparison; k only changes training."""
+    results: list[RunResult] = []
+    for d in dims:
+        split = load_split(name, limit=limit, batch_size=spec.batch_size, data_dir=data_dir, embedding_dim=d)
+        rows = max(2, round(sum(len(v) + 1 for v in split.vocab.values()) * row_share))
+        for seed in seeds:
+            for factor in factors:
+                unified = {"num_rows": rows, "num_blocks": 1, "seed": seed}
+                if factor == 0:
+                    config = ModelConfig(method="unified", method_args=unified, seed=seed)
+                else:
+                    config = ModelConfig(
+                        method="mlet",
+                        method_args={"inner": "unified", "inner_args": unified, "inner_dim": factor * d},
+                        seed=seed,
+                    )
+                auc, loss, train_s, nbytes = train_eval(split, config, spec)
+                label = "unified" if factor == 0 else f"mlet k={factor}d"
+                result = RunResult(
+                    name,
+                    label,
+                    config.method,
+                    row_share,
+                    rows * d * FP32,
+                    nbytes,
+                    seed,
+                    auc,
+                    loss,
+                    train_s,
+                    {"d": d, "k": factor * d},
+                )
+                results.append(result)
+                log_event(log, "mlet_run", label=label, d=d, seed=seed, auc=auc, logloss=loss)
+                if on_result is not None:
+                    on_result(result)
+    return results
+
+
+def mlet_markdown(results: Sequence[RunResult], row_share: float, spec: TrainSpec) -> str:
+    groups: dict[tuple[str, int], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.label, r.extra["d"]), []).append(r)
+    dims = sorted({d for _, d in groups})
+    labels = list(dict.fromkeys(r.label for r in results))
+    name = results[0].dataset
+    lines = [
+        f"# MLET sweep: {name}",
+        "",
+        f"Generated by `unirec bench quality --mlet-sweep`. Unified embedding with {row_share:g} x the collisionless "
+        f"rows, output dim d (served table: rows x d), trained plain or through MLET with inner dim k "
+        f"(W = W2 @ W1, collapsed for serving, so serving cost depends on d only). Same protocol as the "
+        f"equal-memory tables (one pass, batch {spec.batch_size}); held-out AUC mean ± std over "
+        f"{len({r.seed for r in results})} seeds; **bold** = best per d.",
+        "",
+        "| training | " + " | ".join(f"d={d}" for d in dims) + " |",
+        "|---|" + "---:|" * len(dims),
+    ]
+    means = {key: statistics.fmean(r.auc for r in runs) for key, runs in groups.items()}
+    best = {d: max(v for (_, dd), v in means.items() if dd == d) for d in dims}
+    for lb in labels:
+        cells = []
+        for d in dims:
+            runs = groups.get((lb, d))
+            if not runs:
+                cells.append("–")
+                continue
+            mean, std = _mean_std([r.auc for r in runs])
+            text = f"{mean:.4f} ± {std:.4f}"
+            cells.append(f"**{text}**" if mean == best[d] else text)
+        lines.append(f"| {lb} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mlet_plot(results: Sequence[RunResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[int, list[float]]] = {}
+    for r in results:
+        groups.setdefault(r.label, {}).setdefault(r.extra["d"], []).append(r.auc)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for lb, by_d in groups.items():
+        ds = sorted(by_d)
+        stats = [_mean_std(by_d[d]) for d in ds]
+        ax.errorbar(ds, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", label=lb, capsize=2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("output embedding dim d")
+    ax.set_ylabel("held-out AUC")
+    ax.set_title(f"{results[0].dataset}: MLET (inner dim k) vs plain unified")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: Path, results: Sequence[RunResult]) -> None:
+    path.write_text(json.dumps([asdict(r) for r in results], indent=1))
+
+
+def read_json(path: Path) -> list[RunResult]:
+    return [RunResult(**row) for row in json.loads(path.read_text())]
+
+
+def check_variants(labels: Sequence[str]) -> list[str]:
+    known = (BASELINE, *VARIANTS)
+    bad = [lb for lb in labels if lb not in known]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; known: {list(known)}")
+    return list(labels)

@@ -1,0 +1,53 @@
+"""`unirec bench quality --fast` end to end on the MovieLens head, and the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from services.benchmarks import quality as q
+from services.benchmarks.cli import bench_app
+
+
+def test_budget_shares_are_log_spaced_between_the_ends() -> None:
+    shares = q.budget_shares(4, 0.01, 0.5)
+    assert shares[0] == pytest.approx(0.01) and shares[-1] == pytest.approx(0.5)
+    ratios = [b / a for a, b in zip(shares, shares[1:], strict=False)]
+    assert ratios == pytest.approx([ratios[0]] * 3)
+    with pytest.raises(ValueError, match="0 < low"):
+        q.budget_shares(3, 0.0, 0.5)
+
+
+def _result(label: str, share: float, seed: int, auc: float) -> q.RunResult:
+    return q.RunResult("ml", label, label, share, 100, 100, seed, auc, 0.6, 1.0)
+
+
+def test_summary_is_mean_and_std_over_seeds() -> None:
+    summary = q.summarise([_result("unified", 0.1, 0, 0.70), _result("unified", 0.1, 1, 0.72)])
+    cell = summary[("unified", 0.1)]
+    assert cell["auc"] == pytest.approx(0.71)
+    assert cell["auc_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert cell["n"] == 2
+
+
+@pytest.mark.slow
+def test_fast_mode_writes_the_table_and_plot_with_sane_aucs(movielens_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    result = CliRunner().invoke(
+        bench_app, ["quality", "--fast", "--data-dir", str(movielens_dir), "--out", str(tmp_path), "--threads", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "quality_fast_movielens.md").read_text()
+    assert (tmp_path / "quality_fast_movielens.png").stat().st_size > 10_000
+    runs = json.loads((tmp_path / "quality_fast_movielens.json").read_text())
+    assert {r["label"] for r in runs} == {"unified", "hashing_trick", "qr_mux"}
+    for share in {r["budget_share"] for r in runs}:  # equal memory: every method within 1% of the budget
+        sizes = [r["bytes"] for r in runs if r["budget_share"] == share]
+        assert max(sizes) <= min(sizes) * 1.01
+    unified = max((r for r in runs if r["label"] == "unified"), key=lambda r: r["budget_share"])
+    assert unified["auc"] > 0.6, table
+    assert "| unified |" in table and "**" in table
