@@ -232,8 +232,9 @@ class ServingModel:
         return cached
 
     def refresh(self, store: ModelStore) -> ServingModel:
-        """Catch up with `store`: self when current, deltas applied when they follow on, or the
-        store's serving version loaded in full (a new export, a rollback, or a gap)."""
+        """Catch up with `store`: self when current; the deltas that follow on (stopping at a gap or a
+        refused delta, which the next full export repairs); or the store's serving version loaded in
+        full when it changed (a new export, a rollback)."""
         target = store.serving_version()
         if target is None:
             return self
