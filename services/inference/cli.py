@@ -59,4 +59,7 @@ def serve_command(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # a spawned worker imports torch, TorchRec and the CLI before it can answer the supervisor's
+        # pings: uvicorn's 5 s default kills and respawns it forever on a busy machine
+        timeout_worker_healthcheck=120,
     )

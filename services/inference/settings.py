@@ -3,8 +3,7 @@
     UNIREC_SERVE_PORT=8000 UNIREC_SERVE_API_KEY=s3cret UNIREC_HOME=/var/lib/unirec unirec serve
 
 The fields inherited from `CommonSettings` (`home`, `redis_url`, `kafka_bootstrap`, `log_level`)
-keep their process-wide names (`UNIREC_HOME`, `UNIREC_REDIS_URL`, ...); a `UNIREC_SERVE_` name
-for one of them wins when both are set.
+keep their process-wide names (`UNIREC_HOME`, `UNIREC_REDIS_URL`, ...).
 """
 
 from __future__ import annotations
@@ -13,21 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from unirec.settings import CommonSettings
-
-_COMMON = frozenset(CommonSettings.model_fields)
-
-
-class _CommonEnv(EnvSettingsSource):
-    """`UNIREC_<name>` for the inherited common fields only, so `UNIREC_HOME` means the same everywhere."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        if field_name not in _COMMON:
-            return None, field_name, False
-        return super().get_field_value(field, field_name)
 
 
 class ServeSettings(CommonSettings):
@@ -68,18 +55,6 @@ class ServeSettings(CommonSettings):
     oversubscribe the cores."""
     access_log: bool = True
     """One JSON log line per request."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        common_env = _CommonEnv(settings_cls, env_prefix="UNIREC_")
-        return init_settings, env_settings, common_env, dotenv_settings, file_secret_settings
 
     @field_validator("store")
     @classmethod
