@@ -1,10 +1,32 @@
 """The model library shared by the trainer and the inference service: feature schemas, hashing,
-every embedding method, the DCN-v2 model, export and the serving modules. No Kafka, Redis or HTTP."""
+every embedding method, the DCN-v2 model, export and the serving modules. No Kafka, Redis or HTTP.
 
-from embedding.errors import ArtifactError, EmbeddingError, SchemaError
-from embedding.events import Event, FeatureBatch, Featurizer, decode_event, encode_event
-from embedding.hashing import UniversalHash, derive_seed, fingerprint
-from embedding.schema import DenseFeature, FeatureSchema, SparseFeature, load_schema
+Names are imported on first use (PEP 562), so tools that only need the event or schema types (the
+producer, the CLI) do not pay for importing torch and TorchRec.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ArtifactError": "embedding.errors",
+    "EmbeddingError": "embedding.errors",
+    "SchemaError": "embedding.errors",
+    "Event": "embedding.events",
+    "FeatureBatch": "embedding.events",
+    "Featurizer": "embedding.events",
+    "decode_event": "embedding.events",
+    "encode_event": "embedding.events",
+    "UniversalHash": "embedding.hashing",
+    "derive_seed": "embedding.hashing",
+    "fingerprint": "embedding.hashing",
+    "DenseFeature": "embedding.schema",
+    "FeatureSchema": "embedding.schema",
+    "SparseFeature": "embedding.schema",
+    "load_schema": "embedding.schema",
+}
 
 __all__ = [
     "ArtifactError",
@@ -23,3 +45,18 @@ __all__ = [
     "fingerprint",
     "load_schema",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'embedding' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from embedding.errors import ArtifactError, EmbeddingError, SchemaError
+    from embedding.events import Event, FeatureBatch, Featurizer, decode_event, encode_event
+    from embedding.hashing import UniversalHash, derive_seed, fingerprint
+    from embedding.schema import DenseFeature, FeatureSchema, SparseFeature, load_schema

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import numpy as np
-import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from embedding.hashing import fingerprint
-from embedding.schema import FeatureSchema
+
+if TYPE_CHECKING:  # torch and TorchRec load with the first featurized batch, not with the event type
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from embedding.schema import FeatureSchema
 
 SparseValue = int | str | list[int | str]
 
@@ -78,6 +81,9 @@ class Featurizer:
         self._known = set(schema.sparse_names) | set(schema.dense_names)
 
     def __call__(self, events: Sequence[Event]) -> FeatureBatch:
+        import torch
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
         n = len(events)
         lengths = np.zeros((len(self._sparse), n), dtype=np.int64)
         chunks: list[np.ndarray] = []

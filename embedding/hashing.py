@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pandas.util import hash_array
+
+if TYPE_CHECKING:
+    import torch
 
 MERSENNE_61 = (1 << 61) - 1
 _SIPHASH_KEY = "unirec-sip-key-0"  # 16 bytes: part of the on-wire contract, never change it
@@ -108,6 +111,8 @@ def mod_mersenne61_u64(x: torch.Tensor) -> torch.Tensor:
 
 def mod_mersenne61(x: torch.Tensor) -> torch.Tensor:
     """x mod p for 0 <= x < 2^63."""
+    import torch
+
     x = (x & MERSENNE_61) + (x >> 61)
     return torch.where(x >= MERSENNE_61, x - MERSENNE_61, x)
 
