@@ -35,16 +35,15 @@ def popularity_scores(events: list[Event]) -> np.ndarray:
     """The movie's click rate over its earlier events (global rate so far when it has none)."""
     clicks: dict[object, int] = defaultdict(int)
     views: dict[object, int] = defaultdict(int)
-    total_clicks = total = 0
+    total_clicks = 0
     scores = np.empty(len(events))
     for i, event in enumerate(events):
         movie = event.sparse["movie"]
-        prior = (total_clicks + 1) / (total + 2)
+        prior = (total_clicks + 1) / (i + 2)
         scores[i] = (clicks[movie] + prior) / (views[movie] + 1)
         clicks[movie] += int(event.label or 0)
         views[movie] += 1
         total_clicks += int(event.label or 0)
-        total += 1
     return scores
 
 
