@@ -11,6 +11,7 @@ Routes: `POST /v1/predict`, `GET /v1/model`, `POST /v1/model/reload|rollback` (a
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 import torch
 from fastapi import FastAPI
+from prometheus_client import multiprocess
 
 from embedding.schema import FeatureSchema, load_schema
 from services.inference.churn import ChurnReader
@@ -81,6 +83,8 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
             if app.state.follower is not None:
                 await anyio.to_thread.run_sync(app.state.follower.stop)
             app.state.scorer.shutdown(wait=False, cancel_futures=True)
+            if metrics.multiprocess:  # this worker's live gauges leave the shared directory with it
+                multiprocess.mark_process_dead(os.getpid())
             log_event(logger, "stopped")
 
     app = FastAPI(

@@ -40,6 +40,7 @@ def test_not_ready_until_a_model_is_exported_then_ready_with_its_figures(
         assert len(body["probabilities"]) == 3 and all(0 < p < 1 for p in body["probabilities"])
         status = client.get("/v1/status").json()
         assert status["ready"] and status["training"]["metrics"] == {"auc": 0.7, "logloss": 0.6}
+        assert status["requests"]["predict_requests"] == 2 and status["requests"]["predictions"] == 3  # one 503
         assert status["follower"]["mode"] == "polling"
 
 
