@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import typer
 
@@ -33,3 +34,26 @@ def train_command(
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "trainer.main",
         ]  # fmt: skip
     raise typer.Exit(subprocess.call(argv, env=env))
+
+
+def export_command(
+    checkpoint: Path = typer.Option(None, help="Checkpoint directory; default: the latest under UNIREC_HOME."),
+    quantization: str = typer.Option(None, help="int8, int4, fp16 or fp32 [default: UNIREC_TRAINER_QUANTIZATION]."),
+) -> None:
+    """Export a checkpoint now as a new model version (verified artifact, published on Redis)."""
+    from trainer.checkpoint import latest_checkpoint
+    from trainer.errors import TrainerError
+    from trainer.exporting import export_checkpoint
+    from trainer.settings import TrainerSettings
+
+    settings = TrainerSettings()
+    path = checkpoint or latest_checkpoint(settings.checkpoints)
+    if path is None:
+        typer.echo(f"error: no checkpoint under {settings.checkpoints}; pass --checkpoint DIR", err=True)
+        raise typer.Exit(1)
+    try:
+        manifest = export_checkpoint(path, quantization or settings.quantization, settings)
+    except (TrainerError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"exported {path} as {manifest.version} ({manifest.quantization}, watermark {manifest.watermark_ms})")

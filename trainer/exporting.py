@@ -9,14 +9,13 @@ at publication time, so a delta carries exactly the rows updated since the previ
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
 
-import redis
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from embedding.export import Exporter, ExportMeta, find_tables
+from embedding.export import Exporter, ExportMeta, Manifest, find_tables
 from embedding.methods import UnifiedEmbedding
 from embedding.model import DCNModel, ModelConfig, build_model
 from embedding.schema import FeatureSchema
@@ -41,17 +40,6 @@ def gather_state(model: torch.nn.Module, ctx: DistContext) -> dict[str, torch.Te
         elif ctx.is_leader:
             out[key] = value.detach().cpu()
     return out
-
-
-class _SafePublisher(Publisher):
-    """A publisher whose failures are logged, not raised: the artifact is already in the store and
-    the service's polling fallback finds it."""
-
-    def publish(self, notification: Any) -> None:
-        try:
-            super().publish(notification)
-        except redis.RedisError as exc:
-            log_event(log, "publish_failed", version=notification.version, kind=notification.kind, error=str(exc))
 
 
 class ExportScheduler:
@@ -80,7 +68,7 @@ class ExportScheduler:
         if ctx.is_leader:
             store_settings = StoreSettings(home=settings.home, redis_url=settings.redis_url)
             store = open_store(settings=store_settings)
-            publisher = _SafePublisher(
+            publisher = Publisher(
                 settings.redis_url, store_settings.model_channel, store_settings.model_latest_key
             )
             self.exporter = Exporter(
@@ -159,3 +147,36 @@ class ExportScheduler:
         self._last_delta = now
         if full:
             self._last_full = now
+
+
+def export_checkpoint(path: Path, quantization: str, settings: TrainerSettings) -> Manifest:
+    """On-demand export of a checkpoint (any number of ranks wrote it) from a single process.
+
+    torch.distributed.checkpoint reshards the saved shards into the unsharded model's tensors."""
+    import torch.distributed.checkpoint as dcp
+
+    from embedding.schema import parse_schema
+    from trainer.checkpoint import read_meta
+
+    meta = read_meta(path)
+    schema = parse_schema(meta.schema, origin=str(path / "meta.json"))
+    config = ModelConfig.model_validate(meta.model)
+    model = build_model(schema, config)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path / "state"))
+    model.load_state_dict(state["model"])
+    store_settings = StoreSettings(home=settings.home, redis_url=settings.redis_url)
+    exporter = Exporter(
+        open_store(settings=store_settings),
+        quantization,
+        publisher=Publisher(settings.redis_url, store_settings.model_channel, store_settings.model_latest_key),
+        retention=store_settings.model_retention,
+    )
+    export_meta = ExportMeta(
+        step=meta.step,
+        offsets={meta.topic: meta.offsets},
+        watermark_ms=meta.watermark_ms or None,
+        metrics={"events": float(meta.events)},
+        extra={"checkpoint": str(path)},
+    )
+    return exporter.export_full(model, export_meta)

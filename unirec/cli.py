@@ -10,7 +10,7 @@ from services.inference.cli import serve_command
 from services.producer import produce_command
 from services.simulate import simulate_command
 from trainer.churn.report import churn_app
-from trainer.cli import train_command
+from trainer.cli import export_command, train_command
 from unirec.infra_cli import infra_app
 from unirec.logs import configure_logging
 from unirec.models_cli import models_app
@@ -30,6 +30,7 @@ app.command("produce")(produce_command)
 app.command("simulate")(simulate_command)
 app.add_typer(churn_app, name="churn")
 app.command("train")(train_command)
+app.command("export")(export_command)
 app.command("serve")(serve_command)
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from embedding.events import Event
+from embedding.events import Event, Featurizer
+from embedding.serving import load_serving_model
+from embedding.store import open_store
 from tests.trainer.conftest import create_topic, read_predictions, run_trainer, send, start_trainer, trainer_env
 from trainer.checkpoint import latest_checkpoint, read_meta
+from trainer.exporting import export_checkpoint
+from trainer.settings import TrainerSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,6 +85,16 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka_bootstrap: str, topi
         assert headers["detail"]
         assert int(headers["source_offset"].decode()) >= 0
         assert headers["source_topic"].decode() == topic_name
+
+    # the final checkpoint exports on demand, from one process, into a verified artifact
+    checkpoint = latest_checkpoint(tmp_path / "checkpoints")
+    assert checkpoint is not None
+    settings = TrainerSettings(home=tmp_path, redis_url="redis://127.0.0.1:1/0")  # unreachable: publish is logged
+    manifest = export_checkpoint(checkpoint, "fp32", settings)
+    assert manifest.offsets == {topic_name: read_meta(checkpoint).offsets}
+    served = load_serving_model(open_store(tmp_path / "models"), manifest.version)
+    probabilities = served.predict(Featurizer(served.schema)(good[:64]))
+    assert probabilities.shape == (64,) and bool(((probabilities > 0) & (probabilities < 1)).all())
 
 
 def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
