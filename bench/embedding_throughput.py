@@ -1,0 +1,250 @@
+"""Embedding throughput on the training path: forward+backward lookups/s with fbgemm's fused
+row-wise Adagrad, the unified table (26 features, 2.6M rows, swept over num_blocks) against 26
+per-feature tables of 100k rows; and ROBE-Z (Z = d) against ROBE-1.
+
+    .venv/bin/python bench/embedding_throughput.py            # writes bench/results/embedding_throughput.md
+    .venv/bin/python bench/embedding_throughput.py --reps 5 --threads 1 --threads 2
+
+Two measurements for the tables:
+- `tbe`: fbgemm's SplitTableBatchedEmbeddingBagsCodegen directly, indices already hashed and routed,
+  features in table-major order as TorchRec hands them to the kernel (the table layout alone);
+- `dmp`: the method end to end as the trainer runs it: fingerprints -> hashing (+ routing) ->
+  DistributedModelParallel (1 rank, gloo, table-wise, FUSED kernel, RowWiseAdagrad applied in backward).
+Configurations run round-robin (`--rounds`) so load changes on a shared machine hit all of them;
+each reports the median of its timed repetitions. Ratios are against the per-feature baseline of
+the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from embedding.hashing import fingerprint
+from embedding.methods import HashingTrick, RobeEmbedding, UnifiedEmbedding
+from embedding.schema import FeatureSchema, SparseFeature
+
+RESULTS = Path(__file__).parent / "results" / "embedding_throughput.md"
+console = Console()
+
+
+@dataclass
+class Case:
+    name: str
+    step: Callable[[], None]
+    lookups: int
+    times: list[float] = field(default_factory=list)
+
+    def rate(self) -> float:
+        return self.lookups / statistics.median(self.times)
+
+
+def make_schema(features: int, dim: int, vocab: int) -> FeatureSchema:
+    return FeatureSchema(
+        name="bench",
+        embedding_dim=dim,
+        sparse=tuple(SparseFeature(name=f"f{i}", dtype="int", vocab_size=vocab) for i in range(features)),
+    )
+
+
+def zipf_batch(schema: FeatureSchema, batch: int, vocab: int, alpha: float, seed: int) -> KeyedJaggedTensor:
+    """One univalent Zipf-distributed id per feature and example, as 64-bit fingerprints."""
+    rng = np.random.default_rng(seed)
+    ids = (rng.zipf(alpha, size=(len(schema.sparse), batch)) - 1) % vocab
+    values = np.concatenate([fingerprint(row + i * vocab, "int") for i, row in enumerate(ids)])
+    return KeyedJaggedTensor(
+        keys=schema.sparse_names,
+        values=torch.from_numpy(values),
+        lengths=torch.ones(len(schema.sparse) * batch, dtype=torch.int64),
+    )
+
+
+def tbe_case(name: str, module: UnifiedEmbedding | HashingTrick, kjt: KeyedJaggedTensor) -> Case:
+    """fbgemm TBE with the module's tables, fed the module's routed indices in table-major order."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
+
+    routed = module.route(kjt) if isinstance(module, UnifiedEmbedding) else module.routed(kjt)
+    configs = module.ebc.embedding_bag_configs()
+    order = [f for cfg in configs for f in cfg.feature_names]  # TorchRec groups features by table
+    routed = routed.permute([routed.keys().index(f) for f in order])
+    feature_table = [t for t, cfg in enumerate(configs) for _ in cfg.feature_names]
+    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+        [(c.num_embeddings, c.embedding_dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for c in configs],
+        feature_table_map=feature_table,
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+        learning_rate=0.01,
+        pooling_mode=PoolingMode.SUM,
+    )
+    indices, offsets = routed.values(), routed.offsets()
+
+    def step() -> None:
+        out = tbe(indices, offsets)
+        out.backward(torch.ones_like(out))
+
+    return Case(name, step, int(kjt.values().numel()))
+
+
+def dmp_case(name: str, module: UnifiedEmbedding | HashingTrick, kjt: KeyedJaggedTensor) -> Case:
+    """The method under DMP on one rank with the trainer's fused optimiser (RowWiseAdagrad in backward)."""
+    import torch.distributed as dist
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingType
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    if not dist.is_initialized():
+        from unirec.infra import free_port
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    apply_optimizer_in_backward(RowWiseAdagrad, list(module.ebc.parameters()), {"lr": 0.01})
+    constraints = {
+        cfg.name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value], compute_kernels=["fused"])
+        for cfg in module.ebc.embedding_bag_configs()
+    }
+    sharders = [EmbeddingBagCollectionSharder()]
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), constraints=constraints)
+    plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module, device=torch.device("cpu"), plan=plan, sharders=sharders)
+    assert not list(in_backward_optimizer_filter(dmp.named_parameters())), "every table should be fused"
+
+    def step() -> None:
+        out = dmp(kjt).values()
+        out.backward(torch.ones_like(out))
+
+    return Case(name, step, int(kjt.values().numel()))
+
+
+def robe_case(name: str, schema: FeatureSchema, block: int, size: int, kjt: KeyedJaggedTensor) -> Case:
+    module = RobeEmbedding(schema, size=size, block=block, multiplexed=True)
+    opt = torch.optim.SGD(module.parameters(), lr=0.01)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = module(kjt).values()
+        out.backward(torch.ones_like(out))
+        opt.step()
+
+    return Case(name, step, int(kjt.values().numel()))
+
+
+def measure(cases: list[Case], rounds: int, reps: int, warmup: int) -> None:
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("measuring", total=rounds * len(cases) * (reps + warmup))
+        for _ in range(rounds):
+            for case in cases:
+                for i in range(warmup + reps):
+                    start = time.perf_counter()
+                    case.step()
+                    if i >= warmup:
+                        case.times.append(time.perf_counter() - start)
+                    progress.advance(task)
+
+
+def table(cases: list[Case], baseline: str) -> list[str]:
+    base = next(c for c in cases if c.name == baseline).rate()
+    lines = ["| configuration | M lookups/s (median) | ratio | runs |", "|---|---:|---:|---:|"]
+    for case in cases:
+        lines.append(f"| {case.name} | {case.rate() / 1e6:.2f} | {case.rate() / base:.2f}x | {len(case.times)} |")
+    return lines
+
+
+def _quiet_planner() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("torchrec.distributed.planner.types", "torchrec.distributed.planner.storage_reservations"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(
+    features: int = 26,
+    vocab: int = 100_000,
+    dim: int = 16,
+    batch: int = 4096,
+    alpha: Annotated[float, typer.Option(help="Zipf exponent of the ids")] = 1.1,
+    blocks: Annotated[list[int], typer.Option("--blocks", help="num_blocks values to sweep")] = [1, 2, 4, 8, 26],  # noqa: B006
+    threads: Annotated[list[int], typer.Option("--threads")] = [1, 2],  # noqa: B006
+    rounds: int = 3,
+    reps: int = 5,
+    warmup: int = 2,
+    robe_size: int = 1 << 20,
+    modes: Annotated[list[str], typer.Option("--mode", help="tbe and/or dmp")] = ["tbe", "dmp"],  # noqa: B006
+    out: Path = RESULTS,
+) -> None:
+    _quiet_planner()
+    schema = make_schema(features, dim, vocab)
+    kjt = zipf_batch(schema, batch, vocab, alpha, seed=0)
+    report = [
+        "# Embedding throughput (forward + backward, fused row-wise Adagrad)",
+        "",
+        f"{features} features, batch {batch}, d={dim}, Zipf(alpha={alpha}) ids over {vocab} values per feature; "
+        f"unified: one logical table of {features * vocab} rows in num_blocks row blocks; baseline: {features} "
+        f"hashing-trick tables of {vocab} rows. Median of {rounds} rounds x {reps} timed steps ({warmup} warm-up "
+        f"per round), configurations round-robin. Host: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}.",
+        "Command: `.venv/bin/python bench/embedding_throughput.py`.",
+        "",
+        "Reading the sweep: routing splits every (lookup, example) bag over the row blocks, so the TBE sees "
+        "num_blocks x lookups x batch bags and a pooled output num_blocks times wider (summed back afterwards) "
+        "for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
+        "placement over ranks, and pay for them in bags.",
+        "",
+    ]
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for mode in modes:
+            make = tbe_case if mode == "tbe" else dmp_case
+            torch.manual_seed(0)
+            per_feature = HashingTrick(schema, rows=dict.fromkeys(schema.sparse_names, vocab))
+            cases = [make(f"per-feature {features} x {vocab} (baseline)", per_feature, kjt)]
+            for nb in blocks:
+                module = UnifiedEmbedding(schema, num_rows=features * vocab, num_blocks=nb)
+                cases.append(make(f"unified {features * vocab} rows, num_blocks={nb}", module, kjt))
+            console.print(f"[bold]{mode}[/] threads={n_threads}: {len(cases)} configurations")
+            measure(cases, rounds, reps, warmup)
+            lines = table(cases, cases[0].name)
+            report += [f"## {mode}, {n_threads} thread(s)", "", *lines, ""]
+            console.print("\n".join(lines))
+            del cases
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("\n".join(report))  # after every section: a long run keeps what it measured
+        if n_threads != threads[0]:
+            continue
+        robe = [
+            robe_case("ROBE-1 (HashedNet)", schema, 1, robe_size, kjt),
+            robe_case(f"ROBE-Z, Z=d={dim}", schema, dim, robe_size, kjt),
+        ]
+        measure(robe, rounds, reps, warmup)
+        lines = table(robe, robe[0].name)
+        report += [f"## ROBE, multiplexed array of {robe_size} floats, {n_threads} thread(s)", "", *lines, ""]
+        console.print("\n".join(lines))
+        out.write_text("\n".join(report))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
