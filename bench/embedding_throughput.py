@@ -243,6 +243,12 @@ def main(
         report += [f"## ROBE, multiplexed array of {robe_size} floats, {n_threads} thread(s)", "", *lines, ""]
         console.print("\n".join(lines))
         out.write_text("\n".join(report))
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    report += [
+        f"Load average at the end of the run: {load} (on {os.cpu_count()} cores; shared hosts make absolute "
+        "numbers low and noisy, compare ratios within one section)."
+    ]
+    out.write_text("\n".join(report))
     console.print(f"wrote {out}")
 
 
