@@ -32,7 +32,9 @@ class TrainerSettings(CommonSettings):
     schema_name: str = Field("movielens", validation_alias=AliasChoices("UNIREC_TRAINER_SCHEMA", "schema"))
     """A shipped schema name (embedding/schemas) or a YAML path."""
     method: str = "unified"
-    method_args: dict[str, Any] = Field(default_factory=lambda: {"num_rows": 100_000, "num_blocks": 8})
+    method_args: dict[str, Any] = Field(default_factory=lambda: {"num_rows": 100_000, "num_blocks": 2})
+    """For `unified`: row blocks are placed table-wise over CPU ranks; fewer blocks are faster per rank
+    (bench/results/embedding_throughput.md), so the default matches the default 2 ranks."""
     dense_arch: tuple[int, ...] = (64, 32)
     cross_layers: int = 2
     over_arch: tuple[int, ...] = (64, 32)
