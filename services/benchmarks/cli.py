@@ -65,6 +65,7 @@ def quality_command(
     out: Path = typer.Option(RESULTS, help="Where the markdown, JSON and PNG files go."),
     threads: int = typer.Option(1, min=1, help="torch threads (the bench is single-process)."),
     render_only: bool = typer.Option(False, help="Rewrite the markdown and plot from the JSON of an earlier run."),
+    merge: bool = typer.Option(False, help="Replace only the rerun methods' rows in an existing JSON."),
 ) -> None:
     """Train every method at equal memory on real data; write quality_<dataset>.md/.json/.png."""
     torch.set_num_threads(threads)
@@ -125,6 +126,9 @@ def quality_command(
                 progress.update(_task, description=f"{result.dataset} {result.label} {result.budget_share:.3g}")
 
             q.run_grid(split, labels, shares, seed_list, spec, on_result=done)
+            previous = out / f"{prefix}{name}.json"
+            if merge and previous.exists():
+                results[:0] = [r for r in q.read_json(previous) if r.label not in labels]
         q.write_json(out / f"{prefix}{name}.json", results)
         (out / f"{prefix}{name}.md").write_text(q.markdown_table(split, results, spec))
         q.pareto_plot(split, results, out / f"{prefix}{name}.png")
@@ -143,6 +147,7 @@ def streaming_command(
     batch_size: int = typer.Option(256, min=1),
     churn: list[str] = typer.Option(["low", "high"], help="Churn settings (low, high)."),
     out: Path = typer.Option(RESULTS, help="Where quality_streaming.md/.json go."),
+    merge: bool = typer.Option(False, help="Replace only the rerun methods' rows in an existing JSON."),
 ) -> None:
     """Train each method online through Kafka with `unirec train` on the churn simulator."""
     from services.benchmarks import streaming as s
@@ -172,6 +177,11 @@ def streaming_command(
             on_result=done,
         )
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "quality_streaming.json"
+    if merge and previous.exists():
+        kept = [s.StreamResult(**row) for row in json.loads(previous.read_text())]
+        rerun = {(r.churn, r.label) for r in results}
+        results = [r for r in kept if (r.churn, r.label) not in rerun] + results
     (out / "quality_streaming.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     (out / "quality_streaming.md").write_text(s.streaming_markdown(results, events_per_window, windows, batch_size))
     console.print(f"wrote {out}/quality_streaming.md")
