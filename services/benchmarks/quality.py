@@ -257,6 +257,7 @@ def summarise(results: Sequence[RunResult]) -> dict[tuple[str, float], dict[str,
             "logloss_std": loss_std,
             # MLET trains a k-wide factorisation but serves the collapsed d-wide table: plot what is served
             "bytes": statistics.fmean(r.budget_bytes if r.method == "mlet" else r.bytes for r in runs),
+            "over_budget": any(r.method != "mlet" and r.bytes > r.budget_bytes * 1.05 for r in runs),
             "n": len(runs),
             "train_s": statistics.fmean(r.train_s for r in runs),
         }
@@ -297,6 +298,12 @@ def markdown_table(split: Split, results: Sequence[RunResult], spec: TrainSpec, 
             f"log loss {base['logloss']:.4f} ± {base['logloss_std']:.4f}.",
             "",
         ]
+    if any(v["over_budget"] for (lb, _), v in summary.items() if lb != BASELINE):
+        lines += [
+            "† the method cannot be configured that small (its bytes, in brackets, exceed the budget by more "
+            "than 5%; e.g. path-based QR needs a d x d path matrix per feature): not an equal-memory point.",
+            "",
+        ]
     for metric, better in (("auc", max), ("logloss", min)):
         head = (
             "| method | " + " | ".join(f"{s:.3g} ({_fmt_bytes(split.collisionless_bytes * s)})" for s in shares) + " |"
@@ -314,7 +321,9 @@ def markdown_table(split: Split, results: Sequence[RunResult], spec: TrainSpec, 
                     cells.append("–")
                     continue
                 text = f"{cell[metric]:.4f} ± {cell[metric + '_std']:.4f}"
-                cells.append(f"**{text}**" if cell[metric] == best[s] else text)
+                text = f"**{text}**" if cell[metric] == best[s] else text
+                over = cell["over_budget"] and lb != BASELINE
+                cells.append(f"{text} † ({_fmt_bytes(cell['bytes'])})" if over else text)
             lines.append(f"| {lb} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
