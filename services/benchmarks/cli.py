@@ -48,7 +48,7 @@ def quality_command(
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Datasets (default: all three; fast: movielens)."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Budget variants (default: --methods set)."),
     methods: str = typer.Option("all", help="Default set when no --method: all (every variant) or core."),
-    fast: bool = typer.Option(False, help="CI mode: 10k MovieLens events, 2 budgets, 1 seed, 3 methods."),
+    fast: bool = typer.Option(False, help="CI mode: 20k MovieLens events, 2 budgets, 1 seed, 3 methods."),
     budgets: int = typer.Option(4, min=1, help="Budgets per dataset, log-spaced between --low and --high."),
     low: float = typer.Option(0.01, help="Smallest budget, as a share of the collisionless tables."),
     high: float = typer.Option(0.5, help="Largest budget, as a share of the collisionless tables."),
@@ -56,8 +56,8 @@ def quality_command(
     limit: int = typer.Option(None, help="Events per dataset (default: all)."),
     batch_size: int = typer.Option(512, min=1),
     epochs: int = typer.Option(1, min=1),
-    sparse_lr: float = typer.Option(0.05, help="Adagrad learning rate of the embedding method's parameters."),
-    dense_lr: float = typer.Option(2e-3, help="Adam learning rate of the dense network."),
+    sparse_lr: float = typer.Option(0.1, help="Adagrad learning rate of the embedding method's parameters."),
+    dense_lr: float = typer.Option(5e-3, help="Adam learning rate of the dense network."),
     mlet_sweep: bool = typer.Option(False, help="Instead of the table: AUC vs d for MLET k in {d,2d,4d,8d}."),
     mlet_dims: list[int] = typer.Option([4, 8, 16, 32], "--mlet-dim", help="Output dims of the MLET sweep."),
     mlet_row_share: float = typer.Option(0.05, help="MLET sweep: unified rows as a share of collisionless rows."),
@@ -73,7 +73,7 @@ def quality_command(
     if fast:
         datasets = dataset or ["movielens"]
         labels = q.check_variants(method or FAST_METHODS)
-        budgets, seeds, limit, batch_size = 2, 1, limit or 10_000, 128
+        budgets, seeds, limit, batch_size = 2, 1, limit or 20_000, 256
         low, high = 0.1, 0.5
     else:
         datasets = dataset or list(q.DATASETS)

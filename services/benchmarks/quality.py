@@ -60,8 +60,8 @@ one-pass run of a few dozen steps, and every ID would stay on the shared not-yet
 class TrainSpec:
     batch_size: int = 512
     epochs: int = 1
-    sparse_lr: float = 0.05
-    dense_lr: float = 2e-3
+    sparse_lr: float = 0.1
+    dense_lr: float = 5e-3
 
 
 @dataclass
