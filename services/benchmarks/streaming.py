@@ -199,7 +199,8 @@ def streaming_markdown(results: Sequence[StreamResult], events_per_window: int, 
         + ", ".join(f"{c} = {CHURN.get(c, 1.0):g} x the schema's (user 1%, item 2%)" for c in churns)
         + ". Every method gets the same bytes (`embedding.budget`), a share of what collisionless tables for "
         "every ID of the stream would take; managed collisions admit new IDs every "
-        f"{MC_EVICTION_INTERVAL} steps. One seed: differences under about 0.005 AUC are noise.",
+        f"{MC_EVICTION_INTERVAL} steps. One seed: differences under about 0.005 AUC are noise. Trainer wall "
+        "time includes start-up and depends on the load of the machine when the run happened.",
         "",
         "| churn | method | budget | progressive AUC | log loss | AUC first window | AUC last window | "
         "last - first | trainer wall s |",
