@@ -38,6 +38,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedding.errors import ArtifactError
+from unirec.durable import fsync_dir, write_synced
 from unirec.settings import CommonSettings
 
 _VERSION_RE = re.compile(r"^v(\d{10})$")
@@ -164,21 +165,6 @@ class ModelStore(abc.ABC):
 # local directory
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 class LocalModelStore(ModelStore):
     def __init__(self, root: str | Path) -> None:
         """Creates nothing until the first write, so readers can open a read-only mount."""
@@ -207,7 +193,7 @@ class LocalModelStore(ModelStore):
             existing = [version_number(v) for v in self._all_dirs()]
             number = max([last, *existing]) + 1
             tmp = counter.with_suffix(".tmp")
-            _write_synced(tmp, str(number).encode())
+            write_synced(tmp, str(number).encode())
             os.replace(tmp, counter)
         return format_version(number)
 
@@ -224,10 +210,10 @@ class LocalModelStore(ModelStore):
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             for name, data in files.items():
-                _write_synced(tmp / _check_name(name), data)
-            _fsync_dir(tmp)
+                write_synced(tmp / _check_name(name), data)
+            fsync_dir(tmp)
             os.rename(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -287,7 +273,7 @@ class LocalModelStore(ModelStore):
             return
         version_number(version)
         tmp = pointer.with_suffix(".tmp")
-        _write_synced(tmp, version.encode())
+        write_synced(tmp, version.encode())
         os.replace(tmp, pointer)
 
 

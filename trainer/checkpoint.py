@@ -25,6 +25,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 
 from trainer.errors import TrainerError
+from unirec.durable import fsync_dir
 
 META = "meta.json"
 _PREFIX = "ckpt-"
@@ -65,14 +66,6 @@ def read_meta(path: Path) -> CheckpointMeta:
         raise TrainerError(f"{path / META}: unreadable checkpoint metadata: {exc}") from exc
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _dense_optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     sd = opt.state_dict()
     tensors = {
@@ -110,11 +103,11 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         for sub in (tmp, tmp / "state"):
-            _fsync_dir(sub)
+            fsync_dir(sub)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         for old in sorted(p for p in directory.glob(f"{_PREFIX}*") if (p / META).is_file())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
