@@ -8,7 +8,7 @@ up: setup
 	.venv/bin/unirec up
 
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=15
 
 lint: setup
 	.venv/bin/ruff check .
