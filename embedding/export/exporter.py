@@ -208,6 +208,20 @@ def _seen_tensors(seen_rows: Mapping[str, torch.Tensor], tables: list[TableEntry
     return out
 
 
+def _meta_fields(meta: ExportMeta) -> dict[str, Any]:
+    """What the trainer knows (ExportMeta) plus the creation time: shared by full and delta manifests."""
+    created_at, created_ms = utc_now()
+    return {
+        "step": meta.step,
+        "offsets": meta.offsets,
+        "watermark_ms": meta.watermark_ms,
+        "metrics": meta.metrics,
+        "created_at": created_at,
+        "created_at_ms": created_ms,
+        "extra": meta.extra,
+    }
+
+
 def export_model(
     source: ModelSource,
     store: ModelStore,
@@ -240,7 +254,6 @@ def export_model(
     if seen_rows:
         payloads[SEEN] = save_tensors(_seen_tensors(seen_rows, prepared.tables))
     version = store.allocate_version()
-    created_at, created_ms = utc_now()
     schema, config = prepared.schema, prepared.config
     fields: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -257,14 +270,8 @@ def export_model(
         "quantization": quantization,
         "sparse_dtype": sparse_dtype,
         "tables": prepared.tables,
-        "step": meta.step,
-        "offsets": meta.offsets,
-        "watermark_ms": meta.watermark_ms,
-        "metrics": meta.metrics,
-        "created_at": created_at,
-        "created_at_ms": created_ms,
         "producer": _producer(),
-        "extra": meta.extra,
+        **_meta_fields(meta),
     }
     manifest, files = full_files(fields, payloads)
     store.write_version(version, files)
@@ -435,7 +442,6 @@ class Exporter:
             ROWS: save_tensors(rows),
             PARAMS: save_tensors(_param_tensors(prepared.state, table_keys, base.sparse_dtype)),
         }
-        created_at, created_ms = utc_now()
         fields: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "base_version": base_version,
@@ -446,13 +452,7 @@ class Exporter:
             "sparse_dtype": base.sparse_dtype,
             "tables": counts,
             "all_rows": prepared.collapsed,
-            "step": meta.step,
-            "offsets": meta.offsets,
-            "watermark_ms": meta.watermark_ms,
-            "metrics": meta.metrics,
-            "created_at": created_at,
-            "created_at_ms": created_ms,
-            "extra": meta.extra,
+            **_meta_fields(meta),
         }
         manifest, files = delta_files(fields, payloads)
         self.store.write_delta(base_version, seq, files)
