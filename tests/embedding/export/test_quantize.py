@@ -32,7 +32,9 @@ def test_rows_quantise_alike_alone_or_in_a_table(
     assert torch.equal(quantize_rows(weight, quantization)[ids], quantize_rows(weight[ids], quantization))
     back = dequantize_rows(quantize_rows(weight, quantization), quantization)
     span = (weight.max(dim=1).values - weight.min(dim=1).values).unsqueeze(1)
-    step = {"int8": span / 255, "int4": span / 15, "fp16": weight.abs() * 1e-3, "fp32": torch.zeros_like(span)}
+    # fp16: relative spacing 2^-10, but a fixed 2^-24 below 2^-14 (subnormals)
+    fp16_step = torch.clamp(weight.abs() * 1e-3, min=2.0**-24)
+    step = {"int8": span / 255, "int4": span / 15, "fp16": fp16_step, "fp32": torch.zeros_like(span)}
     assert ((back - weight).abs() <= step[quantization] * 0.51 + 1e-6 * scale).all()
 
 
