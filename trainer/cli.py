@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,21 @@ def train_command(
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "trainer.main",
         ]  # fmt: skip
-    raise typer.Exit(subprocess.call(argv, env=env))
+    raise typer.Exit(_run_forwarding_signals(argv, env))
+
+
+def _run_forwarding_signals(argv: list[str], env: dict[str, str]) -> int:
+    """Run the trainer (or torchrun) as a child; SIGTERM/SIGINT sent to this launcher reach it, so a
+    supervisor stopping `unirec train` gets the final checkpoint instead of an orphaned trainer."""
+    child = subprocess.Popen(argv, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    return child.wait()
 
 
 def export_command(

@@ -71,7 +71,7 @@ def process(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Itera
         yield proc
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
