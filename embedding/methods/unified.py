@@ -17,11 +17,11 @@ import math
 from typing import Any
 
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from embedding.hashing import UniversalHash, derive_seed
+from embedding.methods._ops import table
 from embedding.methods.base import EmbeddingMethod, register
 from embedding.schema import FeatureSchema
 
@@ -60,14 +60,7 @@ class UnifiedEmbedding(EmbeddingMethod):
         for b in range(num_blocks):
             rows = min(self.block_rows, num_rows - b * self.block_rows)
             tables.append(
-                EmbeddingBagConfig(
-                    name=self.table_name(b),
-                    num_embeddings=rows,
-                    embedding_dim=self.dim,
-                    feature_names=[f"{key}#{b}" for key in key_names],
-                    pooling=PoolingType.SUM,
-                    init_fn=lambda w, std=init_std: torch.nn.init.normal_(w, 0.0, std),
-                )
+                table(self.table_name(b), rows, self.dim, [f"{key}#{b}" for key in key_names], std=init_std)
             )
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
         self._block_keys = [f"{key}#{b}" for key in key_names for b in range(num_blocks)]
