@@ -30,12 +30,14 @@ import torch
 import typer
 from rich.progress import Progress
 
+from core.net import free_port
 from embedding import Event, Featurizer, load_schema
-from embedding.export import ExportMeta, export_model
+from embedding.export import ExportMeta
 from embedding.model import ModelConfig, build_model
-from embedding.serving import ServingModel, load_serving_model
-from embedding.store import LocalModelStore
-from unirec.infra import free_port
+from embedding.serving import ServingModel
+from registry.exporter import export_model
+from registry.loading import load_serving_model
+from registry.store import LocalModelStore
 
 RESULTS = Path(__file__).parent / "results" / "serving.md"
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +90,7 @@ def start_server(store_dir: Path, home: Path, port: int) -> subprocess.Popen[byt
         **os.environ,
         "UNIREC_HOME": str(home),
         "UNIREC_REDIS_URL": "redis://127.0.0.1:1/0",
-        "UNIREC_SERVE_STORE": str(store_dir),
+        "UNIREC_MODEL_STORE": str(store_dir),
         "UNIREC_SERVE_FOLLOW": "false",
         "UNIREC_SERVE_MAX_BATCH": "4096",
         "UNIREC_SERVE_REQUEST_TIMEOUT_S": "30",

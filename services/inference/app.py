@@ -22,6 +22,7 @@ import torch
 from fastapi import FastAPI
 from prometheus_client import multiprocess
 
+from core.logs import configure_logging, get_logger, log_event
 from embedding.schema import FeatureSchema, load_schema
 from services.inference.churn import ChurnReader
 from services.inference.deps import settings_of
@@ -33,7 +34,6 @@ from services.inference.model_holder import LoadFailed, ModelHolder, NothingToSe
 from services.inference.routers import health, model, predict, status
 from services.inference.settings import ServeSettings
 from services.inference.source import ModelSource
-from unirec.logs import configure_logging, get_logger, log_event
 
 logger = get_logger("serve")
 
@@ -64,7 +64,7 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         # A few long-lived scoring threads: torch keeps one thread team per calling thread, and
         # short-lived pool threads would each build (and spin) their own.
         app.state.scorer = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="unirec-score")
-        app.state.churn = ChurnReader(settings.redis_url)
+        app.state.churn = ChurnReader(settings.redis_url, settings.churn.key_prefix)
         app.state.follower = None
         log_event(logger, "starting", source=source.describe(), **settings.redacted())
         if settings.api_key is None:
@@ -75,7 +75,9 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         except (LoadFailed, NothingToServe) as exc:  # not ready; the follower keeps trying
             log_event(logger, "not_ready", logging.WARNING, detail=str(exc), store=source.describe())
         if settings.follow:
-            app.state.follower = Follower(holder, metrics, settings.redis_url, settings.poll_interval_s)
+            app.state.follower = Follower(
+                holder, metrics, settings.redis_url, settings.poll_interval_s, settings.registry.channel
+            )
             app.state.follower.start()
         try:
             yield
