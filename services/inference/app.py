@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from prometheus_client import multiprocess
 
 from embedding.schema import FeatureSchema, load_schema
+from services.inference.batcher import Batcher
 from services.inference.churn import ChurnReader
 from services.inference.deps import settings_of
 from services.inference.errors import ServiceError, service_error_handler
@@ -64,6 +65,10 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         # A few long-lived scoring threads: torch keeps one thread team per calling thread, and
         # short-lived pool threads would each build (and spin) their own.
         app.state.scorer = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="unirec-score")
+        app.state.batcher = Batcher(
+            metrics, app.state.scorer, window_s=settings.batch_window_ms / 1000, max_events=settings.max_batch,
+            inline_max_events=settings.inline_max_events, max_forwards=settings.inference_threads,
+        )  # fmt: skip
         app.state.churn = ChurnReader(settings.redis_url)
         app.state.follower = None
         log_event(logger, "starting", source=source.describe(), **settings.redacted())
