@@ -110,11 +110,25 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(port: int, bodies_file: Path, script: Path, connections: int, duration: float) -> Load:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s", "-s", str(script)]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+    ]
     out = subprocess.run(
-        [*argv, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True,
-        env={**os.environ, "BODIES": str(bodies_file)}, timeout=duration + 60,
-    ).stdout  # fmt: skip
+        [*argv, f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BODIES": str(bodies_file)},
+        timeout=duration + 60,
+    ).stdout
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -122,8 +136,11 @@ def run_wrk(port: int, bodies_file: Path, script: Path, connections: int, durati
     non_2xx = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
     return Load(
         float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        _ms(percentiles["50"]), _ms(percentiles["99"]), total, non_2xx,
-    )  # fmt: skip
+        _ms(percentiles["50"]),
+        _ms(percentiles["99"]),
+        total,
+        non_2xx,
+    )
 
 
 def run_python_client(port: int, bodies: list[bytes], connections: int, duration: float) -> Load:
@@ -175,8 +192,22 @@ def start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subproc
 
 
 def uvicorn(factory: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
 
 # -- in-process --------------------------------------------------------------------------------------
@@ -199,8 +230,13 @@ def in_process(model: Any, reference: torch.nn.Module, pool: list[list[Event]], 
             total.append(t2 - t0)
             plain.append(t3 - t2)
     med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
-    return {"featurize_ms": med(featurize), "forward_ms": med(forward), "total_ms": med(total),
-            "reference_forward_ms": med(plain), "p99_total_ms": float(np.percentile(total, 99) * 1000)}  # fmt: skip
+    return {
+        "featurize_ms": med(featurize),
+        "forward_ms": med(forward),
+        "total_ms": med(total),
+        "reference_forward_ms": med(plain),
+        "p99_total_ms": float(np.percentile(total, 99) * 1000),
+    }
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -256,14 +292,25 @@ def main(
         structs = {b: [[Event(**e) for e in events] for events in pool] for b, pool in pools.items()}
         ports = {"service": free_port(), "peer": free_port()}
         env = {
-            "UNIREC_HOME": str(root), "UNIREC_REDIS_URL": "redis://127.0.0.1:1/0", "UNIREC_SERVE_STORE": str(root / "models"),
-            "UNIREC_SERVE_FOLLOW": "true", "UNIREC_SERVE_POLL_INTERVAL_S": "0.25", "UNIREC_SERVE_ACCESS_LOG": "false",
-            "UNIREC_SERVE_MAX_BATCH": "4096", "UNIREC_SERVE_REQUEST_TIMEOUT_S": "10", "UNIREC_SERVE_TORCH_THREADS": "1",
-        }  # fmt: skip
+            "UNIREC_HOME": str(root),
+            "UNIREC_REDIS_URL": "redis://127.0.0.1:1/0",
+            "UNIREC_SERVE_STORE": str(root / "models"),
+            "UNIREC_SERVE_FOLLOW": "true",
+            "UNIREC_SERVE_POLL_INTERVAL_S": "0.25",
+            "UNIREC_SERVE_ACCESS_LOG": "false",
+            "UNIREC_SERVE_MAX_BATCH": "4096",
+            "UNIREC_SERVE_REQUEST_TIMEOUT_S": "10",
+            "UNIREC_SERVE_TORCH_THREADS": "1",
+        }
         servers = [
-            start(uvicorn("services.inference.app:serve_app", ports["service"]), env, root / "service.log", ports["service"]),
+            start(
+                uvicorn("services.inference.app:serve_app", ports["service"]),
+                env,
+                root / "service.log",
+                ports["service"],
+            ),
             start(uvicorn("bench.peers.bare_fastapi:create_app", ports["peer"]), {}, root / "peer.log", ports["peer"]),
-        ]  # fmt: skip
+        ]
 
         def load(path: str, b: int, c: int, seconds: float) -> Load:
             if client == "wrk":
@@ -290,14 +337,24 @@ def main(
                             if path == "service" and r == rounds - 1:
                                 after = scrape(ports["service"])
                                 batching[f"{b}x{c}"] = {k: after[k] - before[k] for k in after}
-                        print(f"round {r + 1}/{rounds} batch {b} c={c}: " + ", ".join(
-                            f"{p} {http[(p, b, c)][-1].requests_per_s:,.0f}/s p50 {http[(p, b, c)][-1].p50_ms:.2f} ms"
-                            for p in ports), flush=True)  # fmt: skip
+                        print(
+                            f"round {r + 1}/{rounds} batch {b} c={c}: "
+                            + ", ".join(
+                                f"{p} {http[(p, b, c)][-1].requests_per_s:,.0f}/s "
+                            f"p50 {http[(p, b, c)][-1].p50_ms:.2f} ms"
+                                for p in ports
+                            ),
+                            flush=True,
+                        )
             version = httpx.get(f"http://127.0.0.1:{ports['service']}/v1/model").json()["version"]
             for _ in range(rounds):
                 swap["without_deltas"].append(load("service", 1, 4, swap_duration))
-                deltas_applied += with_deltas(exporter, trained, swap_duration, lambda: swap["with_deltas"].append(
-                    load("service", 1, 4, swap_duration)))  # fmt: skip
+                deltas_applied += with_deltas(
+                    exporter,
+                    trained,
+                    swap_duration,
+                    lambda: swap["with_deltas"].append(load("service", 1, 4, swap_duration)),
+                )
             served = httpx.get(f"http://127.0.0.1:{ports['service']}/v1/model").json()["version"]
         finally:
             for server in servers:
@@ -305,17 +362,32 @@ def main(
                 server.wait(timeout=30)
 
     data = {
-        "machine": {"arch": platform.machine(), "cores": os.cpu_count(), "load_average_end": round(machine_load(), 2),
-                    "python": platform.python_version(), "torch": torch.__version__},  # fmt: skip
-        "method": {"client": client, "rounds": rounds, "duration_s": duration, "torch_threads": 1,
-                   "model": f"MovieLens schema, unified {CONFIG.method_args['num_rows']:,} x {schema.embedding_dim} int8, "
-                            f"DCN-v2 cross {CONFIG.cross_layers} x rank {CONFIG.cross_rank}, over {list(CONFIG.over_arch)}",
-                   "service": "uvicorn, 1 worker, access log off, following the store (polling 0.25 s)"},  # fmt: skip
+        "machine": {
+            "arch": platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_end": round(machine_load(), 2),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "method": {
+            "client": client,
+            "rounds": rounds,
+            "duration_s": duration,
+            "torch_threads": 1,
+            "model": f"MovieLens schema, unified {CONFIG.method_args['num_rows']:,} x {schema.embedding_dim} int8, "
+            f"DCN-v2 cross {CONFIG.cross_layers} x rank {CONFIG.cross_rank}, over {list(CONFIG.over_arch)}",
+            "service": "uvicorn, 1 worker, access log off, following the store (polling 0.25 s)",
+        },
         "http": [
-            {"path": p, "batch": b, "connections": c, **med_load(loads),
-             "predictions_per_s": statistics.median(x.requests_per_s for x in loads) * b}
+            {
+                "path": p,
+                "batch": b,
+                "connections": c,
+                **med_load(loads),
+                "predictions_per_s": statistics.median(x.requests_per_s for x in loads) * b,
+            }
             for (p, b, c), loads in sorted(http.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0]))
-        ],  # fmt: skip
+        ],
         "in_process": [
             {"batch": b, **{k: statistics.median(run[k] for run in runs) for k in runs[0]}, "runs": len(runs)}
             for b, runs in inproc.items()
@@ -323,8 +395,11 @@ def main(
         "batching": batching,
         "swaps": {
             **{k: med_load(v) for k, v in swap.items()},
-            "deltas_applied": deltas_applied, "delta_rows": DELTA_ROWS, "first_version": version, "last_version": served,
-        },  # fmt: skip
+            "deltas_applied": deltas_applied,
+            "delta_rows": DELTA_ROWS,
+            "first_version": version,
+            "last_version": served,
+        },
     }
     print(write_results("serving", data, render).read_text())
 
@@ -384,13 +459,17 @@ def render(data: dict[str, Any]) -> str:
             f"| {b} | {c} | {s['requests_per_s']:,.0f} | {p['requests_per_s']:,.0f} | "
             f"{_ratio(s['requests_per_s'], p['requests_per_s'])} | {s['predictions_per_s']:,.0f} | "
             f"{s['p50_ms']:.2f} | {p['p50_ms']:.2f} | {_ratio(s['p50_ms'], p['p50_ms'])} | "
-            f"{s['p99_ms']:.2f} | {p['p99_ms']:.2f} | {_ratio(s['p99_ms'], p['p99_ms'])} | {s['non_2xx'] + p['non_2xx']} |"
+            f"{s['p99_ms']:.2f} | {p['p99_ms']:.2f} | {_ratio(s['p99_ms'], p['p99_ms'])} | "
+            f"{s['non_2xx'] + p['non_2xx']} |"
         )
     lines += ["", "Throughput at 4 connections over 1 connection (batch 1 and 64):", ""]
     lines += ["| batch | service c4/c1 | peer c4/c1 |", "|---:|---:|---:|"]
     for b in sorted({k[1] for k in cells}):
         if ("service", b, 4) in cells and ("service", b, 1) in cells:
-            ratios = [_ratio(cells[(p, b, 4)]["requests_per_s"], cells[(p, b, 1)]["requests_per_s"]) for p in ("service", "peer")]
+            ratios = [
+                _ratio(cells[(p, b, 4)]["requests_per_s"], cells[(p, b, 1)]["requests_per_s"])
+                for p in ("service", "peer")
+            ]
             lines.append(f"| {b} | {ratios[0]} | {ratios[1]} |")
     lines += [
         "",
@@ -402,19 +481,24 @@ def render(data: dict[str, Any]) -> str:
     for key, v in data["batching"].items():
         b, c = key.split("x")
         forwards = v["unirec_serve_forwards_total"]
-        per = lambda name: f"{v[name] / forwards:.2f}" if forwards else "-"  # noqa: E731
-        lines.append(f"| {b} | {c} | {forwards:,.0f} | {per('unirec_serve_forward_requests_sum')} | "
-                     f"{per('unirec_serve_forward_events_sum')} |")  # fmt: skip
+        per = lambda name, v=v, forwards=forwards: f"{v[name] / forwards:.2f}" if forwards else "-"  # noqa: E731
+        lines.append(
+            f"| {b} | {c} | {forwards:,.0f} | {per('unirec_serve_forward_requests_sum')} | "
+            f"{per('unirec_serve_forward_events_sum')} |"
+        )
     lines += [
         "",
         "## In-process (this thread, medians per call)",
         "",
-        "| batch | featurize ms | forward ms | featurize + forward ms | p99 ms | plain PyTorch forward ms (reference) |",
+        "| batch | featurize ms | forward ms | featurize + forward ms | p99 ms | plain PyTorch forward ms "
+        "(reference) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["in_process"]:
-        lines.append(f"| {r['batch']} | {r['featurize_ms']:.3f} | {r['forward_ms']:.3f} | {r['total_ms']:.3f} | "
-                     f"{r['p99_total_ms']:.3f} | {r['reference_forward_ms']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['batch']} | {r['featurize_ms']:.3f} | {r['forward_ms']:.3f} | {r['total_ms']:.3f} | "
+            f"{r['p99_total_ms']:.3f} | {r['reference_forward_ms']:.3f} |"
+        )
     sw = data["swaps"]
     a, d = sw["without_deltas"], sw["with_deltas"]
     lines += [
@@ -426,7 +510,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         "| run | req/s | p50 ms | p99 ms | p99 / p99 without deltas | non-2xx |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| without deltas | {a['requests_per_s']:,.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | 1.00 | {a['non_2xx']} |",
+        f"| without deltas | {a['requests_per_s']:,.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | 1.00 | "
+        f"{a['non_2xx']} |",
         f"| a delta every second | {d['requests_per_s']:,.0f} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | "
         f"{_ratio(d['p99_ms'], a['p99_ms'])} | {d['non_2xx']} |",
         "",

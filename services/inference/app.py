@@ -10,12 +10,13 @@ Routes: `POST /v1/predict`, `GET /v1/model`, `POST /v1/model/reload|rollback` (a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import torch
@@ -38,6 +39,7 @@ from unirec.logs import configure_logging, get_logger, log_event
 
 logger = get_logger("serve")
 
+T = TypeVar("T")
 SourceFactory = Callable[[ServeSettings, FeatureSchema | None], ModelSource]
 
 
@@ -75,10 +77,11 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         if settings.api_key is None:
             log_event(logger, "no_api_key", logging.WARNING, detail="admin routes are open: set UNIREC_SERVE_API_KEY")
         try:
-            served = await anyio.to_thread.run_sync(holder.load)
+            served = await anyio.to_thread.run_sync(holder.start)
             log_event(logger, "ready", version=served.version)
         except (LoadFailed, NothingToServe) as exc:  # not ready; the follower keeps trying
             log_event(logger, "not_ready", logging.WARNING, detail=str(exc), store=source.describe())
+        holder.delta_runner = _on_loop(asyncio.get_running_loop())
         if settings.follow:
             app.state.follower = Follower(holder, metrics, settings.redis_url, settings.poll_interval_s)
             app.state.follower.start()
@@ -110,6 +113,18 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
     _document_msgspec_bodies(app)
     routes.update(app.openapi()["paths"], ("/", app.openapi_url, app.docs_url, app.redoc_url))
     return app
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], T]], T]:
+    """Run a function on the event loop from another thread and wait for its result."""
+
+    async def call(fn: Callable[[], T]) -> T:
+        return fn()
+
+    def run(fn: Callable[[], T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call(fn), loop).result()
+
+    return run
 
 
 def serve_app() -> FastAPI:

@@ -61,6 +61,10 @@ class ServeMetrics:
         self.failed_loads = Counter(
             "unirec_serve_failed_loads", "Artifacts refused (the previous model kept serving)", ["reason"], registry=r
         )
+        self.refused_versions = Gauge(
+            "unirec_serve_refused_version_info", "1 for each version refused since start (not retried)",
+            ["version", "reason"], multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
         self.unseen_ids = Counter(
             "unirec_serve_unseen_ids", "Looked-up IDs never seen in training", ["feature"], registry=r
         )

@@ -1,7 +1,8 @@
 """Predict calls: featurize the whole batch once, apply the schema's policies, one forward.
 
 `score` answers one request; `score_requests` answers several (the dynamic batcher's) with one
-forward, each on the `Served` model the requests took at their start. The only per-event Python loops are the featurizer's, plus ones on error paths (to name
+forward, each on the `Served` model the requests took at their start. The only per-event Python
+loops are the featurizer's, plus ones on error paths (to name
 the event a 422 is about) and when events carry unknown features (to count them).
 """
 
