@@ -25,11 +25,12 @@ from rich.progress import Progress
 
 from embedding import FeatureSchema, load_schema
 from embedding.budget import VARIANTS, budget_method_args, with_vocab
-from embedding.export import QUANTIZATIONS, export_model
+from embedding.export import QUANTIZATIONS
 from embedding.export.artifact import StoreSource, read_full
 from embedding.model import ModelConfig, build_model
-from embedding.serving import load_serving_model
-from embedding.store import LocalModelStore
+from registry.exporter import export_model
+from registry.loading import load_serving_model
+from registry.store import LocalModelStore
 
 RESULTS = Path(__file__).parent / "results" / "artifact_sizes.md"
 

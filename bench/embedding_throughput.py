@@ -115,7 +115,7 @@ def dmp_case(name: str, module: UnifiedEmbedding | HashingTrick, kjt: KeyedJagge
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     if not dist.is_initialized():
-        from unirec.infra import free_port
+        from core.net import free_port
 
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         dist.init_process_group("gloo", rank=0, world_size=1)

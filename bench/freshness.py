@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from unirec.infra import free_port
+from core.net import free_port
 from unirec.stack import Stack, StackSettings
 
 RESULTS = Path(__file__).parent / "results" / "freshness.md"

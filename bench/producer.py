@@ -23,12 +23,13 @@ from pathlib import Path
 
 import typer
 
+from core.net import free_port
 from embedding.wire import EventCodec
 from services import datasets
 from services.producer import quiet_kafka_logs, replay
 from services.replay.reader import iter_events
 from services.simulate import SimFeature, Simulator, SimulatorConfig
-from unirec.infra import LocalServer, free_port
+from unirec.infra import LocalServer
 
 RESULTS = Path(__file__).parent / "results" / "producer.md"
 

@@ -22,10 +22,10 @@ import torch
 import typer
 
 from embedding import Event, Featurizer, load_schema
-from embedding.export import Exporter
 from embedding.model import ModelConfig, build_model
-from embedding.serving import load_delta, load_serving_model
-from embedding.store import LocalModelStore
+from registry.exporter import Exporter
+from registry.loading import load_delta, load_serving_model
+from registry.store import LocalModelStore
 
 RESULTS = Path(__file__).parent / "results" / "quantized_predict.md"
 

@@ -48,12 +48,13 @@ import torch
 import typer
 
 from bench.report import machine_load, write_results
+from core.net import free_port
 from embedding import Event, Featurizer, load_schema
-from embedding.export import Exporter, ExportMeta
+from embedding.export import ExportMeta
 from embedding.model import ModelConfig, build_model
-from embedding.serving import load_serving_model
-from embedding.store import LocalModelStore
-from unirec.infra import free_port
+from registry.exporter import Exporter
+from registry.loading import load_serving_model
+from registry.store import LocalModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ModelConfig(method="unified", method_args={"num_rows": 100_000})
@@ -294,7 +295,7 @@ def main(
         env = {
             "UNIREC_HOME": str(root),
             "UNIREC_REDIS_URL": "redis://127.0.0.1:1/0",
-            "UNIREC_SERVE_STORE": str(root / "models"),
+            "UNIREC_MODEL_STORE": str(root / "models"),
             "UNIREC_SERVE_FOLLOW": "true",
             "UNIREC_SERVE_POLL_INTERVAL_S": "0.25",
             "UNIREC_SERVE_ACCESS_LOG": "false",

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from core.net import free_port
 from embedding.events import Featurizer
 from services.producer import replay
 from services.replay.reader import iter_events
 from trainer.ingest import Batch
 from trainer.loop import Trainer
 from trainer.settings import TrainerSettings
-from unirec.infra import LocalServer, free_port
+from unirec.infra import LocalServer
 
 RESULTS = Path(__file__).parent / "results" / "trainer_throughput.md"
 

@@ -1,6 +1,6 @@
 """Errors of the embedding library."""
 
-from unirec.errors import UnirecError
+from core.errors import UnirecError
 
 
 class EmbeddingError(UnirecError):

@@ -13,7 +13,6 @@ redistributed; they are looked up in, in order: a path given by option, `$UNIREC
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import orjson
 import typer
+from pydantic_settings import SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
+from core.logs import get_logger, log_event
+from core.settings import CommonSettings
 from services.replay.errors import DatasetError
-from unirec.logs import get_logger, log_event
-from unirec.settings import CommonSettings
 
 log = get_logger("datasets")
 
@@ -100,6 +100,13 @@ def known(name: str) -> Dataset:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}") from None
 
 
+class DataSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIREC_DATA_", extra="forbid", frozen=True)
+
+    dir: Path | None = None
+    """A folder searched first for datasets (`UNIREC_DATA_DIR`), before the cache under the home."""
+
+
 def data_home(home: Path | None = None) -> Path:
     """The dataset cache: <UNIREC_HOME>/data."""
     return (home if home is not None else CommonSettings().home) / "data"
@@ -109,8 +116,9 @@ def search_dirs(name: str, home: Path | None = None) -> list[Path]:
     """Folders where a dataset may be found, in the order they are tried."""
     ds = known(name)
     dirs = []
-    if os.environ.get("UNIREC_DATA_DIR"):
-        dirs.append(Path(os.environ["UNIREC_DATA_DIR"]) / ds.folder)
+    extra = DataSettings().dir
+    if extra is not None:
+        dirs.append(extra / ds.folder)
     dirs.append(data_home(home) / ds.folder)
     dirs.append(_REPO_ROOT.parent / "shared" / "data" / ds.folder)
     return dirs

@@ -28,13 +28,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from core.errors import UnirecError
+from core.logs import get_logger, log_event
+from core.settings import CommonSettings
 from embedding.events import Event
 from embedding.wire import EventCodec
 from services.replay.errors import ReplayError
 from services.replay.reader import BadRowReport
-from unirec.errors import UnirecError
-from unirec.logs import get_logger, log_event
-from unirec.settings import CommonSettings
 
 log = get_logger("producer")
 console = Console(stderr=True)

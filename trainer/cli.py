@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from unirec.infra import free_port
+from core.net import free_port
 
 
 def train_command(

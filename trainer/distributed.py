@@ -24,8 +24,8 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
+from core.net import free_port
 from embedding.model import DCNModel
-from unirec.infra import free_port
 
 
 @dataclass(frozen=True)

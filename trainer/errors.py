@@ -1,6 +1,6 @@
 """Trainer errors."""
 
-from unirec.errors import UnirecError
+from core.errors import UnirecError
 
 
 class TrainerError(UnirecError):

@@ -15,15 +15,18 @@ import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from embedding.export import Exporter, ExportMeta, Manifest, find_tables
+from core.logs import get_logger, log_event
+from embedding.export import ExportMeta, Manifest, find_tables
 from embedding.methods import UnifiedEmbedding
 from embedding.model import DCNModel, ModelConfig, build_model
 from embedding.schema import FeatureSchema
-from embedding.store import Publisher, StoreSettings, open_store
+from registry.exporter import Exporter
+from registry.notify import Publisher
+from registry.settings import RegistrySettings
+from registry.store import open_store
 from trainer.distributed import DistContext
 from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
-from unirec.logs import get_logger, log_event
 
 log = get_logger("trainer.export")
 
@@ -40,6 +43,19 @@ def gather_state(model: torch.nn.Module, ctx: DistContext) -> dict[str, torch.Te
         elif ctx.is_leader:
             out[key] = value.detach().cpu()
     return out
+
+
+def build_exporter(settings: TrainerSettings, quantization: str | None = None) -> Exporter:
+    """The exporter of a trainer: store, retention and channel from the registry's settings
+    (`UNIREC_MODEL_*`), quantisation and delta interval from the trainer's (`UNIREC_TRAINER_*`)."""
+    registry = RegistrySettings(home=settings.home, redis_url=settings.redis_url)
+    return Exporter(
+        open_store(registry.store, home=registry.home),
+        quantization or settings.quantization,
+        publisher=Publisher(registry.redis_url, registry.channel, registry.latest_key),
+        retention=registry.retention,
+        delta_interval_s=settings.delta_every_s,
+    )
 
 
 class ExportScheduler:
@@ -66,19 +82,8 @@ class ExportScheduler:
         self.seen = {key: torch.zeros(rows, dtype=torch.uint8) for key, rows in self.tables.items()}
         self.exporter: Exporter | None = None
         if ctx.is_leader:
-            store_settings = StoreSettings(home=settings.home, redis_url=settings.redis_url)
-            store = open_store(settings=store_settings)
-            publisher = Publisher(
-                settings.redis_url, store_settings.model_channel, store_settings.model_latest_key
-            )
-            self.exporter = Exporter(
-                store,
-                settings.quantization,
-                publisher=publisher,
-                retention=store_settings.model_retention,
-                delta_interval_s=settings.delta_every_s,
-            )
-            log_event(log, "exporter", store=store.uri, quantization=settings.quantization)
+            self.exporter = build_exporter(settings)
+            log_event(log, "exporter", store=self.exporter.store.uri, quantization=settings.quantization)
         now = time.monotonic()
         self._last_full = now - settings.export_every_s + min(settings.export_every_s, 5.0)
         self._last_delta = now
@@ -165,13 +170,7 @@ def export_checkpoint(path: Path, quantization: str, settings: TrainerSettings) 
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=str(path / "state"))
     model.load_state_dict(state["model"])
-    store_settings = StoreSettings(home=settings.home, redis_url=settings.redis_url)
-    exporter = Exporter(
-        open_store(settings=store_settings),
-        quantization,
-        publisher=Publisher(settings.redis_url, store_settings.model_channel, store_settings.model_latest_key),
-        retention=store_settings.model_retention,
-    )
+    exporter = build_exporter(settings, quantization)
     export_meta = ExportMeta(
         step=meta.step,
         offsets={meta.topic: meta.offsets},

@@ -21,11 +21,11 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from core.logs import get_logger, log_event
 from embedding.events import Event, FeatureBatch, Featurizer
 from embedding.wire import decode_message
 from trainer.errors import TrainerError
 from trainer.telemetry import TrainerMetrics
-from unirec.logs import get_logger, log_event
 
 log = get_logger("trainer.ingest")
 

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from core.logs import get_logger, log_event
 from embedding.events import FeatureBatch, Featurizer
 from embedding.export import ExportMeta
 from embedding.methods import UnifiedEmbedding
@@ -36,7 +37,6 @@ from trainer.ingest import Batch, KafkaIngest
 from trainer.progressive import ProgressiveMetrics
 from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
-from unirec.logs import get_logger, log_event
 
 log = get_logger("trainer")
 

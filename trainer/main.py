@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
+from core.logs import configure_logging
 from trainer.loop import train
 from trainer.settings import TrainerSettings
-from unirec.logs import configure_logging
 
 
 def main() -> int:

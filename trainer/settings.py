@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from unirec.settings import CommonSettings
+from core.settings import CommonSettings
 
 
 class TrainerSettings(CommonSettings):
@@ -29,7 +29,7 @@ class TrainerSettings(CommonSettings):
     """With stop_at_end: how long partitions must stay drained before stopping (0: at once)."""
 
     # the model
-    schema_name: str = Field("movielens", validation_alias=AliasChoices("UNIREC_TRAINER_SCHEMA", "schema"))
+    schema_name: str = Field("movielens", validation_alias="UNIREC_TRAINER_SCHEMA")
     """A shipped schema name (embedding/schemas) or a YAML path."""
     method: str = "unified"
     method_args: dict[str, Any] = Field(default_factory=lambda: {"num_rows": 100_000, "num_blocks": 2})

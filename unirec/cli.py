@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from services.benchmarks.cli import bench_app
+from bench.cli import bench_app
+from core.logs import configure_logging
+from core.settings import CommonSettings
 from services.datasets import data_app
 from services.inference.cli import serve_command
 from services.producer import produce_command
@@ -12,9 +14,7 @@ from services.simulate import simulate_command
 from trainer.churn.report import churn_app
 from trainer.cli import export_command, train_command
 from unirec.infra_cli import infra_app
-from unirec.logs import configure_logging
 from unirec.models_cli import models_app
-from unirec.settings import CommonSettings
 from unirec.up_cli import down_command, up_command
 
 app = typer.Typer(

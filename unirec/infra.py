@@ -13,28 +13,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from unirec.errors import InfraError
+from core.errors import InfraError
+from core.net import port_open
 
 ServerKind = Literal["kafka", "redis"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
 
 
 def broker_binary() -> str:
@@ -235,7 +223,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def local_servers(kafka_bootstrap: str, redis_url: str, home: Path) -> list[LocalServer]:
-    from unirec.settings import CommonSettings
+    from core.settings import CommonSettings
 
     settings = CommonSettings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, home=home)
     (khost, kport), (rhost, rport) = settings.kafka_endpoint, settings.redis_endpoint

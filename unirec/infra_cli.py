@@ -6,9 +6,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unirec.errors import InfraError
+from core.errors import InfraError
+from core.settings import CommonSettings
 from unirec.infra import LocalServer, local_servers
-from unirec.settings import CommonSettings
 
 infra_app = typer.Typer(help="Start, stop and inspect the local Kafka-protocol broker and Redis server.")
 console = Console(stderr=True)

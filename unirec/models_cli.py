@@ -16,7 +16,9 @@ from rich.table import Table
 
 from embedding.errors import ArtifactError
 from embedding.export.artifact import StoreSource, read_full, read_manifest
-from embedding.store import ModelStore, Notification, Publisher, StoreSettings, open_store
+from registry.notify import Notification, Publisher
+from registry.settings import RegistrySettings
+from registry.store import ModelStore, open_store
 
 models_app = typer.Typer(help="List, inspect and roll back exported model versions.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -25,7 +27,8 @@ StoreOption = typer.Option(None, "--store", help="Store directory or redis:// UR
 
 
 def _open(store: str | None) -> ModelStore:
-    return open_store(store)
+    settings = RegistrySettings()
+    return open_store(store or settings.store, home=settings.home)
 
 
 def _time(ms: int | None) -> str:
@@ -90,9 +93,9 @@ def show(
 def _announce(model_store: ModelStore, version: str, publish: bool) -> None:
     if not publish:
         return
-    settings = StoreSettings()
+    settings = RegistrySettings()
     try:
-        publisher = Publisher(settings.redis_url, settings.model_channel, settings.model_latest_key)
+        publisher = Publisher(settings.redis_url, settings.channel, settings.latest_key)
         publisher.publish(
             Notification(
                 version=version,

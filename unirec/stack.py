@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from unirec.errors import InfraError
+from core.errors import InfraError
+from core.settings import CommonSettings
 from unirec.infra import ManagedProcess, local_servers
-from unirec.settings import CommonSettings
 
 # stop order: the producer first (no new events), the trainer (final checkpoint), then the service
 COMPONENTS = ("producer", "trainer", "inference")

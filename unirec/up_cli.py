@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from unirec.errors import InfraError
+from core.errors import InfraError
 from unirec.stack import Stack, StackSettings, StackStatus
 
 console = Console(stderr=True)

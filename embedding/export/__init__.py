@@ -1,5 +1,5 @@
-"""Export: collapse factorised layers, quantise tables row-wise, write versioned checksummed artifacts
-and deltas (see docs/artifacts.md)."""
+"""Export: collapse factorised layers, quantise tables row-wise, build checksummed artifacts and
+deltas in memory (see docs/artifacts.md); `registry.exporter` writes and announces them."""
 
 from embedding.export.artifact import (
     DeltaArtifact,
@@ -11,7 +11,7 @@ from embedding.export.artifact import (
     read_full,
     read_manifest,
 )
-from embedding.export.exporter import Exporter, ExportState, export_model, find_tables, prepare
+from embedding.export.build import ExportState, delta_artifact, find_tables, full_artifact, prepare
 from embedding.export.manifest import FORMAT_VERSION, DeltaManifest, ExportMeta, Manifest, TableEntry
 from embedding.export.quantize import QUANTIZATIONS, Quantization, dequantize_rows, quantize_rows
 
@@ -23,7 +23,6 @@ __all__ = [
     "DirSource",
     "ExportMeta",
     "ExportState",
-    "Exporter",
     "FullArtifact",
     "Manifest",
     "Quantization",
@@ -31,8 +30,9 @@ __all__ = [
     "TableEntry",
     "apply_delta_tensors",
     "dequantize_rows",
-    "export_model",
+    "delta_artifact",
     "find_tables",
+    "full_artifact",
     "prepare",
     "quantize_rows",
     "read_delta",

@@ -1,8 +1,10 @@
-"""The inference-side model: load a verified artifact, serve predictions, apply deltas.
+"""The inference-side model: build it from a verified artifact, serve predictions, apply deltas.
 
-    model = load_serving_model(store, expected_schema=schema)   # the store's serving version
+    model = model_from_source(DirSource(path), expected_schema=schema)
     probs = model.predict(featurizer(events))                   # [batch] probabilities
-    model = model.apply_delta(load_delta(store, model.base_version, model.seq + 1))
+    model = model.apply_delta(read_delta(source_of_delta, model.manifest))
+
+Loading from a model store (its serving version, deltas, catching up) is `registry.loading`.
 
 The model is rebuilt with `build_model(schema, manifest.config)` (the same DCNModel code the
 trainer runs); each TorchRec EmbeddingBagCollection inside the embedding method is replaced by a
@@ -15,22 +17,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from core.logs import get_logger, log_event
 from embedding.errors import ArtifactError
 from embedding.events import FeatureBatch
-from embedding.export.artifact import DeltaArtifact, DirSource, FullArtifact, Source, StoreSource, read_delta, read_full
-from embedding.export.manifest import MANIFEST, DeltaManifest, Manifest
+from embedding.export.artifact import DeltaArtifact, FullArtifact, Source, read_full
+from embedding.export.manifest import DeltaManifest, Manifest
 from embedding.model import DCNModel, build_model
 from embedding.schema import FeatureSchema
 from embedding.serving.tables import QuantEmbeddingBags
-from embedding.store import LocalModelStore, ModelStore, open_store
-from unirec.logs import get_logger, log_event
 
 logger = get_logger("serving")
 
@@ -231,26 +231,6 @@ class ServingModel:
             object.__setattr__(self, "_logical", cached)
         return cached
 
-    def refresh(self, store: ModelStore) -> ServingModel:
-        """Catch up with `store`: self when current; the deltas that follow on (stopping at a gap or a
-        refused delta, which the next full export repairs); or the store's serving version loaded in
-        full when it changed (a new export, a rollback)."""
-        target = store.serving_version()
-        if target is None:
-            return self
-        if target == self.base_version:
-            model = self
-            for seq in store.deltas(target):
-                if seq <= model.seq:
-                    continue
-                try:
-                    model = model.apply_delta(load_delta(store, target, seq, model.manifest))
-                except ArtifactError as exc:
-                    log_event(logger, "delta refused", version=target, seq=seq, error=str(exc))
-                    break
-            return model
-        return load_serving_model(store, target, expected_schema=self.schema)
-
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for status endpoints."""
         return {
@@ -265,37 +245,9 @@ class ServingModel:
         }
 
 
-def _source(store_or_path: ModelStore | str | Path, version: str | None) -> tuple[Source, ModelStore | None]:
-    if isinstance(store_or_path, ModelStore):
-        store: ModelStore | None = store_or_path
-    elif str(store_or_path).startswith(("redis://", "rediss://", "unix://")):
-        store = open_store(str(store_or_path))
-    else:
-        path = Path(store_or_path)
-        if (path / MANIFEST).exists():
-            if version is not None and path.name != version:
-                raise ArtifactError(f"{path} is one artifact ({path.name}); cannot pick version {version}")
-            return DirSource(path), None
-        if not (path / "versions").is_dir():
-            raise ArtifactError(f"{path}: neither an artifact directory ({MANIFEST}) nor a model store (versions/)")
-        store = LocalModelStore(path)
-    version = version or store.serving_version()
-    if version is None:
-        raise ArtifactError(f"{store.uri}: the model store holds no versions yet")
-    if version not in store.versions():
-        raise ArtifactError(f"{store.uri}: no version {version}; it holds {store.versions()}")
-    return StoreSource(store, version), store
-
-
-def load_serving_model(
-    store_or_path: ModelStore | str | Path,
-    version: str | None = None,
-    expected_schema: FeatureSchema | None = None,
-) -> ServingModel:
-    """Verify and load a full artifact: a store (its serving version unless `version` is given), a
-    store directory or URL, or one artifact directory. Every checksum is verified before anything
-    is built; ArtifactError names the file and the failed check."""
-    source, _ = _source(store_or_path, version)
+def model_from_source(source: Source, expected_schema: FeatureSchema | None = None) -> ServingModel:
+    """Verify and load the full artifact `source` reads: every checksum is verified before anything is
+    built; ArtifactError names the file and the failed check."""
     artifact = read_full(source, expected_schema)
     module, tables = _build_serving_module(artifact)
     model = ServingModel(module, artifact.manifest, artifact.schema, 0, None, tables, artifact.seen)
@@ -308,15 +260,3 @@ def load_serving_model(
         source=source.label,
     )
     return model
-
-
-def load_delta(
-    store_or_path: ModelStore | str | Path, version: str, seq: int, base: Manifest | None = None
-) -> DeltaArtifact:
-    """Verify and read delta `seq` of `version` from a store (or a store directory / URL)."""
-    store = store_or_path if isinstance(store_or_path, ModelStore) else open_store(str(store_or_path))
-    if seq not in store.deltas(version):
-        raise ArtifactError(
-            f"{store.uri}: no delta {seq} of {version}; it has {store.deltas(version)} (check: presence)"
-        )
-    return read_delta(StoreSource(store, version, seq), base)

@@ -23,6 +23,7 @@ import torch
 from fastapi import FastAPI
 from prometheus_client import multiprocess
 
+from core.logs import configure_logging, get_logger, log_event
 from embedding.schema import FeatureSchema, load_schema
 from services.inference.batcher import Batcher
 from services.inference.churn import ChurnReader
@@ -35,7 +36,6 @@ from services.inference.model_holder import LoadFailed, ModelHolder, NothingToSe
 from services.inference.routers import health, model, predict, status
 from services.inference.settings import ServeSettings
 from services.inference.source import ModelSource
-from unirec.logs import configure_logging, get_logger, log_event
 
 logger = get_logger("serve")
 
@@ -71,7 +71,7 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
             metrics, app.state.scorer, window_s=settings.batch_window_ms / 1000, max_events=settings.max_batch,
             inline_max_events=settings.inline_max_events, max_forwards=settings.inference_threads,
         )  # fmt: skip
-        app.state.churn = ChurnReader(settings.redis_url)
+        app.state.churn = ChurnReader(settings.redis_url, settings.churn.key_prefix)
         app.state.follower = None
         log_event(logger, "starting", source=source.describe(), **settings.redacted())
         if settings.api_key is None:
@@ -83,7 +83,9 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
             log_event(logger, "not_ready", logging.WARNING, detail=str(exc), store=source.describe())
         holder.delta_runner = _on_loop(asyncio.get_running_loop())
         if settings.follow:
-            app.state.follower = Follower(holder, metrics, settings.redis_url, settings.poll_interval_s)
+            app.state.follower = Follower(
+                holder, metrics, settings.redis_url, settings.poll_interval_s, settings.registry.channel
+            )
             app.state.follower.start()
         try:
             yield

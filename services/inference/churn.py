@@ -1,4 +1,4 @@
-"""Read the trainer's churn figures from Redis (`unirec:churn:*`) for the status page.
+"""Read the trainer's churn figures from Redis (`<UNIREC_CHURN_KEY_PREFIX>:*`) for the status page.
 
 The trainer owns those keys; this reads whatever is there without assuming more than Redis
 types: strings (JSON decoded when they are JSON), hashes (each field JSON decoded when it is),
@@ -15,8 +15,6 @@ from typing import Any
 import orjson
 import redis
 
-PATTERN = "unirec:churn:*"
-
 
 def _value(raw: bytes | str) -> Any:
     try:
@@ -26,15 +24,16 @@ def _value(raw: bytes | str) -> Any:
 
 
 class ChurnReader:
-    def __init__(self, redis_url: str | None, ttl_s: float = 2.0, max_keys: int = 200) -> None:
+    def __init__(self, redis_url: str | None, key_prefix: str, ttl_s: float = 2.0, max_keys: int = 200) -> None:
         self.redis_url = redis_url
+        self.pattern = f"{key_prefix}:*"
         self.ttl_s = ttl_s
         self.max_keys = max_keys
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
     def read(self) -> dict[str, Any]:
-        """Values by key suffix (`unirec:churn:user` -> `user`); `{}` when Redis has none or is unreachable."""
+        """Values by key suffix (`<prefix>:user` -> `user`); `{}` when Redis has none or is unreachable."""
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self.ttl_s:
                 return self._cached[1]
@@ -51,10 +50,10 @@ class ChurnReader:
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.3, socket_timeout=0.5)
         try:
             out: dict[str, Any] = {}
-            for key in client.scan_iter(match=PATTERN, count=100):
+            for key in client.scan_iter(match=self.pattern, count=100):
                 if len(out) >= self.max_keys:
                     break
-                name = key.decode(errors="replace")[len(PATTERN) - 1 :]
+                name = key.decode(errors="replace")[len(self.pattern) - 1 :]
                 kind = client.type(key).decode()
                 if kind == "string":
                     out[name] = _value(client.get(key) or b"")

@@ -25,7 +25,7 @@ def serve_command(
     host: str | None = typer.Option(None, help="Interface to bind (env UNIREC_SERVE_HOST, default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="TCP port (env UNIREC_SERVE_PORT, default 8000)."),
     workers: int | None = typer.Option(None, help="uvicorn worker processes (env UNIREC_SERVE_WORKERS, default 1)."),
-    store: str | None = typer.Option(None, help="Model store: directory or redis:// URL (env UNIREC_SERVE_STORE)."),
+    store: str | None = typer.Option(None, help="Model store: directory or redis:// URL (env UNIREC_MODEL_STORE)."),
     schema: str | None = typer.Option(None, help="Feature schema every model must match (env UNIREC_SERVE_SCHEMA)."),
 ) -> None:
     """Serve predictions over HTTP from the latest exported model, following new exports."""
@@ -33,10 +33,16 @@ def serve_command(
 
     from services.inference.settings import ServeSettings
 
-    given = {"host": host, "port": port, "workers": workers, "store": store, "schema": schema}
+    given = {
+        "UNIREC_SERVE_HOST": host,
+        "UNIREC_SERVE_PORT": port,
+        "UNIREC_SERVE_WORKERS": workers,
+        "UNIREC_MODEL_STORE": store,
+        "UNIREC_SERVE_SCHEMA": schema,
+    }
     for name, value in given.items():
         if value is not None:
-            os.environ[f"UNIREC_SERVE_{name.upper()}"] = str(value)  # the workers read the same settings
+            os.environ[name] = str(value)  # the workers read the same settings
     try:
         settings = ServeSettings()
     except ValidationError as exc:

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 import redis
 
+from core.logs import get_logger, log_event
+from registry.notify import DEFAULT_CHANNEL
 from services.inference.metrics import ServeMetrics
 from services.inference.model_holder import ModelHolder
-from services.inference.source import CHANNEL
-from unirec.logs import get_logger, log_event
 
 logger = get_logger("serve.follower")
 
@@ -37,7 +37,7 @@ class Follower:
         metrics: ServeMetrics,
         redis_url: str | None,
         poll_interval_s: float = 5.0,
-        channel: str = CHANNEL,
+        channel: str = DEFAULT_CHANNEL,
     ) -> None:
         self.holder = holder
         self.metrics = metrics

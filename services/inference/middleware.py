@@ -8,8 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.logs import log_event
 from services.inference.metrics import ServeMetrics
-from unirec.logs import log_event
 
 
 class RequestObserver:

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from core.logs import get_logger, log_event
 from embedding.errors import ArtifactError, SchemaError
 from embedding.events import Featurizer
 from embedding.schema import FeatureSchema
 from services.inference.metrics import ServeMetrics
 from services.inference.source import ModelSource, ServingModelLike
-from unirec.logs import get_logger, log_event
 
 logger = get_logger("serve.model")
 

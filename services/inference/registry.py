@@ -1,4 +1,4 @@
-"""The real `ModelSource`: the model store of `embedding.store` read with `embedding.serving`.
+"""The real `ModelSource`: the model store of `registry.store` read with `registry.loading`.
 
 Served versions are the store's: `v0000000007` for a full export, `v0000000007+3` once its
 deltas 1..3 are applied. The target is the store's serving version (its rollback pointer, else
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from embedding.errors import ArtifactError
 from embedding.schema import FeatureSchema
-from embedding.serving import ServingModel, load_delta, load_serving_model
-from embedding.store import ModelStore, open_store, version_number
+from embedding.serving import ServingModel
+from registry.loading import load_delta, load_serving_model
+from registry.store import ModelStore, open_store, version_number
 
 
 def split_version(version: str) -> tuple[str, int]:

@@ -3,7 +3,8 @@
     UNIREC_SERVE_PORT=8000 UNIREC_SERVE_API_KEY=s3cret UNIREC_HOME=/var/lib/unirec unirec serve
 
 The fields inherited from `CommonSettings` (`home`, `redis_url`, `kafka_bootstrap`, `log_level`)
-keep their process-wide names (`UNIREC_HOME`, `UNIREC_REDIS_URL`, ...).
+keep their process-wide names (`UNIREC_HOME`, `UNIREC_REDIS_URL`, ...); the model store and the
+notification channel are the registry's (`UNIREC_MODEL_STORE`, `UNIREC_MODEL_CHANNEL`, ...).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from unirec.settings import CommonSettings
+from core.settings import CommonSettings
+from registry.settings import ChurnKeySettings, RegistrySettings
 
 
 class ServeSettings(CommonSettings):
@@ -35,11 +37,13 @@ class ServeSettings(CommonSettings):
     request_timeout_s: float = Field(2.0, gt=0)
     """A predict request still running after this long is answered 504."""
     schema_: str | None = Field(
-        None, validation_alias=AliasChoices("UNIREC_SERVE_SCHEMA", "schema"), serialization_alias="schema"
+        None, validation_alias="UNIREC_SERVE_SCHEMA", serialization_alias="schema"
     )
     """Feature schema (shipped name or YAML path) every loaded model must match; None accepts the artifact's."""
-    store: str | None = None
-    """Model store: a directory (default `<home>/models`) or a redis:// URL."""
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    """Where models live and how exports are announced (`UNIREC_MODEL_*`, shared with the trainer)."""
+    churn: ChurnKeySettings = Field(default_factory=ChurnKeySettings)
+    """Where the trainer's churn figures live in Redis (`UNIREC_CHURN_KEY_PREFIX`)."""
     follow: bool = True
     """Follow the registry (Redis pub/sub, polling as fallback) and swap to new exports."""
     inference_threads: int = Field(2, ge=1, le=64)
@@ -64,17 +68,10 @@ class ServeSettings(CommonSettings):
     access_log: bool = True
     """One JSON log line per request."""
 
-    @field_validator("store")
-    @classmethod
-    def _check_store(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("store must be a directory path or a redis:// URL, got an empty string")
-        return value
-
     @property
     def model_store(self) -> str:
-        """Where models are read from: the configured store, else `<home>/models`."""
-        return self.store or str(Path(self.home) / "models")
+        """Where models are read from: `UNIREC_MODEL_STORE`, else `<home>/models`."""
+        return self.registry.store or str(Path(self.home) / "models")
 
     @property
     def expected_schema(self) -> str | None:

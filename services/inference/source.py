@@ -1,7 +1,7 @@
 """Where models come from: the one place that talks to the model store and the loader.
 
-The service sees a `ModelSource`; `StoreSource` is the real one over `embedding.store` and
-`embedding.serving` (the loader shared with the exporter, so both sides agree on the artifact
+The service sees a `ModelSource`; `StoreRegistry` is the real one over `registry.store` and
+`registry.loading` (the loader shared with the exporter, so both sides agree on the artifact
 format). Tests hand the app another `ModelSource` to drive swaps precisely.
 """
 
@@ -13,9 +13,6 @@ import torch
 
 from embedding.events import FeatureBatch
 from embedding.schema import FeatureSchema
-
-LATEST_KEY = "unirec:models:latest"
-CHANNEL = "unirec:models"
 
 
 @runtime_checkable

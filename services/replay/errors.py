@@ -1,6 +1,6 @@
 """Errors of the replay tools: dataset lookup, `source:` sections, bad rows."""
 
-from unirec.errors import ConfigError, UnirecError
+from core.errors import ConfigError, UnirecError
 
 
 class ReplayError(UnirecError):

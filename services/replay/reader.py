@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
 
+from core.logs import get_logger, log_event
 from embedding.events import Event
 from embedding.schema import SCHEMA_DIR, FeatureSchema, load_schema
 from services.replay.errors import BadRowError, SourceError
 from services.replay.source import EventIdColumn, JoinSpec, SourceSpec, TableSpec, parse_source
-from unirec.logs import get_logger, log_event
 
 log = get_logger("replay")
 _VALUE_SUFFIX = "#value"

@@ -66,7 +66,7 @@ def test_unirec_services_share_the_model_store(config: dict) -> None:
     assert "unirec-home" in config["volumes"]
     assert any(v.startswith("unirec-home:/var/lib/unirec") and v.endswith(":rw") for v in volumes["trainer"])
     assert "unirec-home:/var/lib/unirec-store:ro" in volumes["inference"]
-    assert services["inference"]["environment"]["UNIREC_SERVE_STORE"] == "/var/lib/unirec-store/models"
+    assert services["inference"]["environment"]["UNIREC_MODEL_STORE"] == "/var/lib/unirec-store/models"
     for name in ("trainer", "trainer-gpu"):
         service = services[name]
         assert service["stop_grace_period"] in ("120s", "2m"), "room for the final checkpoint"

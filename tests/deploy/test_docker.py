@@ -90,7 +90,7 @@ def test_healthcheck_script(http_port: int, arg: str, env_name: str | None, heal
 
 
 def test_healthcheck_script_fails_when_nothing_listens() -> None:
-    from unirec.infra import free_port
+    from core.net import free_port
 
     result = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), "serve"],
                             env={"UNIREC_SERVE_PORT": str(free_port())}, capture_output=True, text=True, timeout=20,

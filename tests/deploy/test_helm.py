@@ -160,12 +160,12 @@ def test_model_store_volume_or_redis(rendered) -> None:
     if variant == "ci-gpu":  # models in Redis: no shared volume for the service
         assert "store" not in volumes
         trainer = one(docs, "StatefulSet", "trainer")["spec"]["template"]["spec"]["containers"][0]
-        assert env["UNIREC_SERVE_STORE"] == env_of(trainer)["UNIREC_MODEL_STORE"] == env["UNIREC_REDIS_URL"]
+        assert env["UNIREC_MODEL_STORE"] == env_of(trainer)["UNIREC_MODEL_STORE"] == env["UNIREC_REDIS_URL"]
     else:
         claim = volumes["store"]["persistentVolumeClaim"]
         assert claim["claimName"] == pvcs[0]["metadata"]["name"] and claim["readOnly"] is True
         mounts = {m["name"]: m for m in deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
-        assert env["UNIREC_SERVE_STORE"] == mounts["store"]["mountPath"] + "/models"
+        assert env["UNIREC_MODEL_STORE"] == mounts["store"]["mountPath"] + "/models"
         assert mounts["store"]["readOnly"] is True
     # the service's own home stays writable (multi-worker metrics live there)
     assert "emptyDir" in volumes["home"]

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from unirec.infra import free_port
+from core.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 

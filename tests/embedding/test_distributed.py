@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from unirec.infra import free_port
+from core.net import free_port
 
 BLOCKS = 4
 

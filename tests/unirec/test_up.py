@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from unirec.infra import _alive, free_port
+from core.net import free_port
+from unirec.infra import _alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -31,8 +31,8 @@ import numpy as np
 import orjson
 import redis
 
+from core.logs import get_logger, log_event
 from trainer.churn.settings import ChurnSettings
-from unirec.logs import get_logger, log_event
 
 log = get_logger("churn")
 T = TypeVar("T")

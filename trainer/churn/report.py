@@ -17,10 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.settings import CommonSettings
 from trainer.churn.exchange import read_summaries
 from trainer.churn.load import collision_rate, table_rows_for
 from trainer.churn.settings import ChurnSettings
-from unirec.settings import CommonSettings
 
 churn_app = typer.Typer(help="Vocabulary churn of the features sharing the unified table.", no_args_is_help=True)
 

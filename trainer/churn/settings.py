@@ -7,13 +7,15 @@ does not repeat the common fields (home, Kafka, Redis, log level).
 
 from __future__ import annotations
 
-import re
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from registry.settings import ChurnKeySettings
 
 
-class ChurnSettings(BaseSettings):
+class ChurnSettings(ChurnKeySettings):
+    """The tracking knobs; `key_prefix` (shared with the service) comes from `ChurnKeySettings`."""
+
     model_config = SettingsConfigDict(env_prefix="UNIREC_CHURN_", extra="forbid", frozen=True)
 
     enabled: bool = True
@@ -30,8 +32,6 @@ class ChurnSettings(BaseSettings):
     """Cohorts kept for the ID-lifetime summary: the new-ID sketch of each of the last N windows."""
     stale_steps: int = Field(1000, ge=1)
     """A row counts as stale when no rank updated it for this many steps (resolved to whole windows)."""
-    key_prefix: str = "unirec:churn"
-    """Redis key prefix; give each training run sharing a Redis server its own."""
     ttl_s: int = Field(7 * 24 * 3600, ge=60)
     """Lifetime of every key written to Redis."""
     finalize_grace_windows: int = Field(2, ge=0)
@@ -46,13 +46,6 @@ class ChurnSettings(BaseSettings):
     """Wall-clock pause after a failed Redis call before the next try, so an outage costs the hot path nothing."""
     keep_summaries: int = Field(10_000, ge=1)
     """Window summaries kept in the Redis index that `unirec churn report` reads."""
-
-    @field_validator("key_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value) or value.endswith(":"):
-            raise ValueError(f"key_prefix {value!r} must be letters, digits, '_.:-' and not end with ':'")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> ChurnSettings:

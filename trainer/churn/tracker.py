@@ -31,6 +31,7 @@ import datasketches as ds
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from core.logs import get_logger, log_event
 from embedding.schema import FeatureSchema
 from trainer.churn.exchange import RankPart, RedisExchange, RedisUnavailable
 from trainer.churn.load import RowTracker, table_load
@@ -46,7 +47,6 @@ from trainer.churn.sketches import (
     sketch_bytes,
     union,
 )
-from unirec.logs import get_logger, log_event
 
 log = get_logger("churn")
 

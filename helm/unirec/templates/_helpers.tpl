@@ -132,7 +132,7 @@ Environment shared by the trainer and the service: Kafka, Redis, home, schema, s
 - name: UNIREC_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- if eq .Values.modelStore.backend "redis" }}
-# exporter's store (embedding/store.py StoreSettings): artifacts in Redis instead of <home>/models
+# exporter's store (registry/settings.py RegistrySettings): artifacts in Redis instead of <home>/models
 - name: UNIREC_MODEL_STORE
   {{- include "unirec.redisUrlSource" . | nindent 2 }}
 {{- end }}

@@ -14,10 +14,12 @@ pytest.importorskip("embedding.serving", reason="needs the artifact loader (embe
 
 from fastapi import FastAPI  # noqa: E402
 
-from embedding.export import ExportMeta, export_model  # noqa: E402
+from embedding.export import ExportMeta  # noqa: E402
 from embedding.model import ModelConfig, build_model  # noqa: E402
 from embedding.schema import FeatureSchema, load_schema  # noqa: E402
-from embedding.store import LocalModelStore  # noqa: E402
+from registry.exporter import export_model  # noqa: E402
+from registry.settings import RegistrySettings  # noqa: E402
+from registry.store import LocalModelStore  # noqa: E402
 from services.inference.app import create_app  # noqa: E402
 from services.inference.deps import get_settings  # noqa: E402
 from services.inference.settings import ServeSettings  # noqa: E402
@@ -48,7 +50,7 @@ def export(
 
 def make_app(store_dir: Path, **overrides: Any) -> FastAPI:
     defaults = {"redis_url": NO_REDIS, "poll_interval_s": 0.05}
-    settings = ServeSettings(store=str(store_dir), **{**defaults, **overrides})
+    settings = ServeSettings(registry=RegistrySettings(store=str(store_dir)), **{**defaults, **overrides})
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
     return app

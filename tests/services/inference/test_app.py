@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embedding.schema import parse_schema
-from embedding.store import LocalModelStore
+from registry.store import LocalModelStore
 
 from .conftest import SCHEMA, event, export, make_app, wait_for
 
@@ -61,8 +61,8 @@ def test_predictions_follow_new_exports_without_restart(store: LocalModelStore, 
 
 
 def test_deltas_are_applied_on_top_of_the_served_version(store: LocalModelStore, store_dir: Path) -> None:
-    from embedding.export import Exporter
     from embedding.model import build_model
+    from registry.exporter import Exporter
 
     from .conftest import CONFIG
 
@@ -276,7 +276,7 @@ def test_a_strict_schema_rejects_missing_and_unknown_features(tmp_path: Path) ->
 
 def test_a_model_for_another_schema_is_refused(store: LocalModelStore, store_dir: Path) -> None:
     export(store, seed=1, schema=STRICT)
-    with TestClient(make_app(store_dir, follow=False, schema="movielens")) as client:
+    with TestClient(make_app(store_dir, follow=False, schema_="movielens")) as client:
         assert client.get("/readyz").status_code == 503
         assert 'unirec_serve_failed_loads_total{reason="schema"} 1.0' in client.get("/metrics").text
 

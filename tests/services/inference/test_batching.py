@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from embedding.events import Event
 from embedding.schema import parse_schema
-from embedding.store import LocalModelStore
+from registry.store import LocalModelStore
 from services.inference.batcher import Batcher
 from services.inference.codec import RequestInvalid
 from services.inference.metrics import ServeMetrics

@@ -8,10 +8,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from embedding.export import Exporter, ExportMeta, export_model, prepare
+from core.net import free_port
+from embedding.export import ExportMeta, prepare
 from embedding.model import build_model
-from embedding.store import LocalModelStore, Publisher
-from unirec.infra import LocalServer, free_port
+from registry.exporter import Exporter, export_model
+from registry.notify import Publisher
+from registry.store import LocalModelStore
+from unirec.infra import LocalServer
 
 from .conftest import CONFIG, SCHEMA, export, make_app, wait_for
 

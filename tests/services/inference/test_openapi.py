@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from embedding.store import LocalModelStore
+from registry.store import LocalModelStore
 
 from .conftest import export, make_app
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
-from embedding.export import Exporter
 from embedding.model import build_model
-from embedding.store import LocalModelStore
+from registry.exporter import Exporter
+from registry.store import LocalModelStore
 
 from .conftest import CONFIG, SCHEMA, event, export, make_app, wait_for
 

@@ -11,11 +11,12 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from core.net import free_port
 from embedding.schema import parse_schema
 from trainer.churn import ChurnSettings, ChurnTracker
 from trainer.churn.exchange import Keys, read_summaries
 from trainer.churn.report import churn_app
-from unirec.infra import LocalServer, free_port
+from unirec.infra import LocalServer
 
 pytestmark = pytest.mark.integration
 

@@ -2,9 +2,9 @@
 
 Used by the trainer (writes) and the inference service (reads). Two back-ends with one interface:
 
-- `LocalModelStore` (default): a directory, `UNIREC_HOME/models` unless `UNIREC_MODEL_STORE` says
-  otherwise. A version is `versions/<version>/` holding the artifact files, its deltas under
-  `versions/<version>/deltas/<seq>/`. Every write goes to a temporary directory first, is fsynced
+- `LocalModelStore` (default): a directory, `<home>/models` unless `UNIREC_MODEL_STORE` says
+  otherwise (`registry.settings`). A version is `versions/<version>/` holding the artifact files,
+  its deltas under `versions/<version>/deltas/<seq>/`. Every write goes to a temporary directory first, is fsynced
   and renamed into place, so a reader never sees half a version.
 - `RedisModelStore`: the same files as chunked blobs in Redis, for clusters without a shared volume.
   Chunks are written first; the version becomes visible when its file index and its entry in the
@@ -14,10 +14,7 @@ Version ids are `v` + 10 digits, allocated from a counter that only moves forwar
 rolled-back version's id is never reused), so "newer" is "larger" in both back-ends. The serving
 pointer (`rollback`) names the version to serve; without it the newest version is served.
 
-`Publisher` announces each export on Redis: the newest publication under a key
-(`unirec:models:latest`) and a pub/sub message on a channel (`unirec:models`), both JSON
-`{"version", "kind": "full"|"delta"|"pointer", "base_version", "seq", "serving", ...}`, where
-`version` is `v0000000007` for a full export and `v0000000007+3` for its third delta.
+Announcing versions is `registry.notify`.
 """
 
 from __future__ import annotations
@@ -32,34 +29,15 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
+from core.durable import fsync_dir, write_synced
 from embedding.errors import ArtifactError
-from unirec.durable import fsync_dir, write_synced
-from unirec.settings import CommonSettings
 
 _VERSION_RE = re.compile(r"^v(\d{10})$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class StoreSettings(CommonSettings):
-    """Where artifacts live and how many full versions to keep (env `UNIREC_MODEL_*`)."""
-
-    model_store: str = ""
-    """A directory, `file://DIR`, or `redis://...` URL; empty: `UNIREC_HOME/models`."""
-    model_retention: int = Field(5, ge=1)
-    """Full versions kept (with their deltas); older ones are deleted after each export."""
-    model_quantization: Literal["int8", "int4", "fp16", "fp32"] = "int8"
-    """Row-wise storage of exported embedding tables (the dense network is always fp32)."""
-    model_delta_interval_s: float = Field(5.0, gt=0)
-    """Seconds between delta publications (rows updated since the previous one) after a full export."""
-    model_channel: str = "unirec:models"
-    """Redis pub/sub channel of export notifications."""
-    model_latest_key: str = "unirec:models:latest"
-    """Redis key holding the newest notification."""
 
 
 def format_version(number: int) -> str:
@@ -397,63 +375,13 @@ class RedisModelStore(ModelStore):
             self.client.set(f"{self.prefix}:serving", version)
 
 
-def open_store(location: str | Path | None = None, settings: StoreSettings | None = None) -> ModelStore:
-    """A store from a directory, `file://DIR` or `redis://...`; default from `StoreSettings`."""
-    settings = settings or StoreSettings()
-    where = str(location) if location is not None else settings.model_store
+def open_store(location: str | Path | None = None, home: str | Path = ".unirec") -> ModelStore:
+    """A store from a directory, `file://DIR` or `redis://...`; empty or None: `<home>/models`."""
+    where = "" if location is None else str(location)
     if not where:
-        return LocalModelStore(Path(settings.home) / "models")
+        return LocalModelStore(Path(home) / "models")
     if where.startswith(("redis://", "rediss://", "unix://")):
         return RedisModelStore(where)
     if where.startswith("file://"):
         where = where[len("file://") :]
     return LocalModelStore(where)
-
-
-# ---------------------------------------------------------------------------------------------------
-# publication
-
-
-class Notification(BaseModel):
-    """One export announcement (JSON on the channel and under the latest key)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: str
-    """What a service should move to: `v0000000007` (a full export, or the new pointer target) or
-    `v0000000007+3` (that version with its deltas 1..3), as in `ServingModel.version`."""
-    kind: Literal["full", "delta", "pointer"]
-    base_version: str = ""
-    """The full version (`version` without the `+seq`)."""
-    seq: int = 0
-    """Delta sequence number (1, 2, ...) after `base_version`; 0 for a full export."""
-    serving: str | None = None
-    """What the service should serve now (the pointer when pinned, else the newest version)."""
-    store: str = ""
-    created_at_ms: int = Field(default_factory=lambda: int(time.time() * 1000))
-    watermark_ms: int | None = None
-
-
-class Publisher:
-    """Announces exports on Redis: SET the latest key and PUBLISH on the channel, in one transaction."""
-
-    def __init__(self, url: str, channel: str = "unirec:models", latest_key: str = "unirec:models:latest") -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url)
-        self.channel = channel
-        self.latest_key = latest_key
-
-    def publish(self, notification: Notification) -> None:
-        payload = notification.model_dump_json().encode()
-        tx = self.client.pipeline(transaction=True)
-        tx.set(self.latest_key, payload)
-        tx.publish(self.channel, payload)
-        tx.execute()
-
-    def latest(self) -> Notification | None:
-        raw = self.client.get(self.latest_key)
-        return Notification.model_validate_json(raw) if raw else None
-
-    def close(self) -> None:
-        self.client.close()

@@ -11,16 +11,8 @@ import orjson
 import pytest
 
 from embedding.errors import ArtifactError
-from embedding.store import (
-    LocalModelStore,
-    ModelStore,
-    Notification,
-    Publisher,
-    RedisModelStore,
-    StoreSettings,
-    open_store,
-    version_number,
-)
+from registry.notify import Notification, Publisher
+from registry.store import LocalModelStore, ModelStore, RedisModelStore, open_store, version_number
 
 
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.integration)])
@@ -108,7 +100,7 @@ def test_local_writes_are_atomic(tmp_path: Path) -> None:
 def test_open_store_picks_the_back_end(tmp_path: Path) -> None:
     assert isinstance(open_store(tmp_path / "a"), LocalModelStore)
     assert isinstance(open_store(f"file://{tmp_path}/b"), LocalModelStore)
-    default = open_store(settings=StoreSettings(home=tmp_path))
+    default = open_store(None, home=tmp_path)
     assert isinstance(default, LocalModelStore) and default.root == tmp_path / "models"
     assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisModelStore)
 

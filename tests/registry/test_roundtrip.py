@@ -7,11 +7,12 @@ import torch
 
 from embedding import FeatureBatch, FeatureSchema, Featurizer
 from embedding.budget import budget_method_args
-from embedding.export import ExportMeta, export_model, prepare, read_full
+from embedding.export import ExportMeta, prepare, read_full
 from embedding.export.artifact import StoreSource
 from embedding.model import DCNModel, ModelConfig, build_model
-from embedding.serving import load_serving_model
-from embedding.store import LocalModelStore
+from registry.exporter import export_model
+from registry.loading import load_serving_model
+from registry.store import LocalModelStore
 
 from .conftest import make_events, slice_batch, train
 

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from embedding import FeatureBatch
-from embedding.export import Exporter, ExportMeta
+from embedding.export import ExportMeta
 from embedding.model import DCNModel
-from embedding.serving import load_delta, load_serving_model
-from embedding.store import Publisher, RedisModelStore
+from registry.exporter import Exporter
+from registry.loading import load_delta, load_serving_model
+from registry.notify import Publisher
+from registry.store import RedisModelStore
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""`unirec bench quality`: the equal-memory comparison of the embedding methods (services/benchmarks/quality.py)."""
+"""`unirec bench quality`: the equal-memory comparison of the embedding methods (bench/quality.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench import quality as q
+from bench.report import RESULTS_DIR
 from embedding.budget import VARIANTS
-from services.benchmarks import quality as q
 
 bench_app = typer.Typer(help="Benchmarks over real data (results under bench/results/).", no_args_is_help=True)
 
@@ -22,7 +23,7 @@ def bench() -> None:
     """Benchmarks over real data (results under bench/results/)."""
 
 
-RESULTS = Path("bench/results")
+RESULTS = RESULTS_DIR
 FAST_METHODS = ("unified", "hashing_trick", "qr_mux")
 FULL_METHODS = (q.BASELINE, *VARIANTS)
 CORE_METHODS = (
@@ -150,7 +151,7 @@ def streaming_command(
     merge: bool = typer.Option(False, help="Replace only the rerun methods' rows in an existing JSON."),
 ) -> None:
     """Train each method online through Kafka with `unirec train` on the churn simulator."""
-    from services.benchmarks import streaming as s
+    from bench import streaming as s
 
     labels = q.check_variants(method or STREAM_METHODS)
     bad = [c for c in churn if c not in s.CHURN]

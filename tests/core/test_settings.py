@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from unirec.settings import CommonSettings
+from core.settings import CommonSettings
 
 
 def test_defaults_point_at_local_servers() -> None:

@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from embedding import ArtifactError, FeatureSchema, load_schema
-from embedding.export import Exporter, ExportMeta, export_model
+from embedding.export import ExportMeta
 from embedding.model import DCNModel
-from embedding.serving import load_delta, load_serving_model
-from embedding.store import LocalModelStore
+from registry.exporter import Exporter, export_model
+from registry.loading import load_delta, load_serving_model
+from registry.store import LocalModelStore
 
 
 @pytest.fixture

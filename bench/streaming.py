@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.quality import MC_EVICTION_INTERVAL
+from core.logs import get_logger, log_event
+from core.net import free_port
 from embedding.budget import FP32, budget_method_args
 from embedding.schema import load_schema
-from services.benchmarks.quality import MC_EVICTION_INTERVAL
 from services.simulate import Simulator, SimulatorConfig
 from trainer.progressive import log_loss, rank_auc
-from unirec.infra import LocalServer, free_port
-from unirec.logs import get_logger, log_event
+from unirec.infra import LocalServer
 
 log = get_logger("bench.streaming")
 

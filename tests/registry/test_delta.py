@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from embedding import ArtifactError, FeatureBatch, FeatureSchema, Featurizer
-from embedding.export import Exporter, ExportMeta, apply_delta_tensors, export_model, read_delta, read_full
+from embedding.export import ExportMeta, apply_delta_tensors, read_delta, read_full
 from embedding.export.artifact import StoreSource
 from embedding.model import DCNModel, ModelConfig, build_model
-from embedding.serving import load_delta, load_serving_model
-from embedding.store import LocalModelStore
+from registry.exporter import Exporter, export_model
+from registry.loading import load_delta, load_serving_model, refresh
+from registry.store import LocalModelStore
 
 from .conftest import make_events, slice_batch, train
 
@@ -119,14 +120,14 @@ def test_refresh_follows_deltas_pointer_and_new_versions(stream, store: LocalMod
     exporter = Exporter(store, "fp16", retention=None)
     base = exporter.export_full(model)
     served = load_serving_model(store)
-    assert served.refresh(store) is served
+    assert refresh(served, store) is served
     for part in parts:
         exporter.export_delta(touched(model, part), model)
-    assert served.refresh(store).version == f"{base.version}+2"
+    assert refresh(served, store).version == f"{base.version}+2"
     nxt = exporter.export_full(model)
-    assert served.refresh(store).version == nxt.version
+    assert refresh(served, store).version == nxt.version
     store.rollback(base.version)
-    assert load_serving_model(store).refresh(store).version == f"{base.version}+2"
+    assert refresh(load_serving_model(store), store).version == f"{base.version}+2"
 
 
 def test_collapsed_method_deltas_carry_every_row(schema: FeatureSchema, batch: FeatureBatch, store) -> None:  # type: ignore[no-untyped-def]

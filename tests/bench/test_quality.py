@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from services.benchmarks import quality as q
-from services.benchmarks.cli import bench_app
+from bench import quality as q
+from bench.cli import bench_app
 
 
 def test_budget_shares_are_log_spaced_between_the_ends() -> None:

@@ -9,22 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNIREC_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="UNIREC_", extra="forbid", frozen=True, populate_by_name=True)
 
-    # Explicit env names: component settings (UNIREC_TRAINER_*, UNIREC_SERVE_*) inherit these fields
-    # and still read them from UNIREC_HOME, UNIREC_KAFKA_BOOTSTRAP, ...
-    home: Path = Field(Path(".unirec"), validation_alias=AliasChoices("UNIREC_HOME", "home"))
+    # Explicit env names, all with the UNIREC_ prefix: component settings (UNIREC_TRAINER_*,
+    # UNIREC_SERVE_*) inherit these fields and still read them from UNIREC_HOME, UNIREC_KAFKA_BOOTSTRAP, ...
+    # Never an unprefixed alias: env names match case-insensitively, so "home" would read $HOME.
+    # Code passes them by field name (populate_by_name).
+    home: Path = Field(Path(".unirec"), validation_alias="UNIREC_HOME")
     """Working directory for local servers, caches, checkpoints and the model store."""
-    kafka_bootstrap: str = Field(
-        "127.0.0.1:9092", validation_alias=AliasChoices("UNIREC_KAFKA_BOOTSTRAP", "kafka_bootstrap")
-    )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("UNIREC_REDIS_URL", "redis_url"))
-    log_level: str = Field("INFO", validation_alias=AliasChoices("UNIREC_LOG_LEVEL", "log_level"))
+    kafka_bootstrap: str = Field("127.0.0.1:9092", validation_alias="UNIREC_KAFKA_BOOTSTRAP")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="UNIREC_REDIS_URL")
+    log_level: str = Field("INFO", validation_alias="UNIREC_LOG_LEVEL")
 
     @field_validator("kafka_bootstrap")
     @classmethod

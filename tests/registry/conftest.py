@@ -9,7 +9,7 @@ import torch
 
 from embedding import Event, FeatureBatch, FeatureSchema, Featurizer, load_schema
 from embedding.model import DCNModel, ModelConfig, build_model
-from embedding.store import LocalModelStore
+from registry.store import LocalModelStore
 
 N_EVENTS = 1000
 

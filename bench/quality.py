@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
+from core.logs import get_logger, log_event
 from embedding.budget import FP32, VARIANTS, budget_method_args
 from embedding.events import Event, FeatureBatch, Featurizer
 from embedding.methods._ops import jagged
@@ -43,7 +44,6 @@ from embedding.model import DCNModel, ModelConfig, build_model
 from embedding.schema import FeatureSchema, load_schema
 from services.replay.reader import iter_events
 from trainer.progressive import log_loss, rank_auc
-from unirec.logs import get_logger, log_event
 
 log = get_logger("bench.quality")
 

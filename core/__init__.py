@@ -1,0 +1,1 @@
+"""The ground: errors, logging, durable writes, shared settings. Imports nothing of the project."""

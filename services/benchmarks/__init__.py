@@ -1,1 +1,0 @@
-"""Benchmarks that need the whole stack (data, model, trainer): `unirec bench ...`."""
