@@ -347,6 +347,9 @@ METRICS = [
     "unirec_serve_lookups_total",
     "unirec_serve_missing_features_total",
     "unirec_serve_unknown_features_total",
+    "unirec_serve_forwards_total",
+    "unirec_serve_forward_events_bucket",
+    "unirec_serve_forward_requests_bucket",
 ]
 
 
