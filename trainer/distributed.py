@@ -2,7 +2,8 @@
 
 On CPU the planner may choose what fbgemm's CPU kernels support (table-wise, column-wise, data
 parallel); the unified table is stored as row blocks, so table-wise placement of blocks spreads one
-logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL).
+logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL; the
+loop's CPU control tensors go through gloo in the same process group).
 The sparse optimiser (row-wise Adagrad) runs fused in backward; dense parameters use Adam.
 """
 
