@@ -46,7 +46,8 @@ def test_install_script_is_valid_bash_and_keeps_torchrec_without_deps() -> None:
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert 'install --no-deps "${torchrec[@]}"' in text
-    assert "download.pytorch.org/whl/cpu" in text and "--no-cache-dir" in text
+    assert "TORCH_INDEX_URL-https://download.pytorch.org/whl}" in text and "index_args cpu" in text
+    assert "--no-cache-dir" in text
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
