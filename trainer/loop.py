@@ -34,7 +34,7 @@ from trainer.distributed import DistContext, init_distributed, shard_model
 from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
 from trainer.ingest import Batch, KafkaIngest
-from trainer.progressive import ProgressiveMetrics
+from trainer.progressive import REDUCE_EVERY_STEPS, ProgressiveMetrics
 from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
 
@@ -146,6 +146,7 @@ class Trainer:
             self.ingest.start()
             self._loop()
             self._checkpoint()  # a clean stop always leaves a final checkpoint
+        self.progressive.reduce()
         seconds = time.monotonic() - self.first_batch_at if self.first_batch_at else 0.0
         rate = self.events / seconds if seconds else 0.0
         log_event(log, "stopped", rank=self.ctx.rank, step=self.step, events=self.events,
@@ -231,6 +232,8 @@ class Trainer:
         loss.backward()
         self.dense_opt.step()
         self.step += 1
+        if self.step % REDUCE_EVERY_STEPS == 0:  # every rank is at this step: figures over all ranks
+            self.progressive.reduce()
         if batch is None or n == 0:
             return
         scores = torch.sigmoid(logits[:n].detach()).cpu().numpy()
@@ -296,6 +299,7 @@ class Trainer:
         return self.events_base + int(events), int(watermark)
 
     def _export(self, full: bool) -> None:
+        self.progressive.reduce()
         offsets = self._global_offsets()
         events, watermark = self._global_counters()
         snapshot = {k: v for k, v in self.progressive.snapshot().items() if v == v}  # drop NaN
