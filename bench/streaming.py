@@ -4,7 +4,7 @@
 
 For each churn setting the simulator (`services/simulate.py`, schema `simulated`) writes one stream
 into a topic of a local broker; then `unirec train` runs once per method over that same topic
-(`UNIREC_TRAINER_METHOD` / `UNIREC_TRAINER_METHOD_ARGS` from `embedding.budget` at one shared byte
+(`UNIREC_TRAINER_MODEL__METHOD` / `UNIREC_TRAINER_MODEL__METHOD_ARGS` from `embedding.budget` at one shared byte
 budget, `STOP_AT_END`), and its progressive validation (every event scored before it is trained
 on, `UNIREC_TRAINER_PREDICTIONS_LOG`) gives AUC and log loss overall and per window of event time.
 A method that copes with a moving vocabulary keeps its late-window AUC close to its early one.
@@ -87,8 +87,8 @@ def train_once(home: Path, bootstrap: str, topic: str, method: str, args: dict, 
         UNIREC_KAFKA_BOOTSTRAP=bootstrap,
         UNIREC_TRAINER_TOPIC=topic,
         UNIREC_TRAINER_SCHEMA="simulated",
-        UNIREC_TRAINER_METHOD=method,
-        UNIREC_TRAINER_METHOD_ARGS=json.dumps(args),
+        UNIREC_TRAINER_MODEL__METHOD=method,
+        UNIREC_TRAINER_MODEL__METHOD_ARGS=json.dumps(args),
         UNIREC_TRAINER_BATCH_SIZE=str(batch_size),
         UNIREC_TRAINER_START_FROM="earliest",
         UNIREC_TRAINER_STOP_AT_END="true",

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 from core.settings import CommonSettings
@@ -36,12 +37,17 @@ ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
 def env_names(cls: type[BaseSettings]) -> set[str]:
     """The environment variables `cls` reads (nested settings objects read their own)."""
     prefix = cls.model_config.get("env_prefix", "")
+    delimiter = cls.model_config.get("env_nested_delimiter")
     names = set()
     for name, field in cls.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings):
+        kind = field.annotation if isinstance(field.annotation, type) else None
+        if kind is not None and issubclass(kind, BaseSettings):
             continue
         alias = field.validation_alias
-        names.add(alias.upper() if isinstance(alias, str) else f"{prefix}{name}".upper())
+        env = alias.upper() if isinstance(alias, str) else f"{prefix}{name}".upper()
+        names.add(env)
+        if kind is not None and issubclass(kind, BaseModel) and delimiter:
+            names |= {f"{env}{delimiter}{sub}".upper() for sub in kind.model_fields}
     return names
 
 

@@ -2,7 +2,8 @@
 
 On CPU the planner may choose what fbgemm's CPU kernels support (table-wise, column-wise, data
 parallel); the unified table is stored as row blocks, so table-wise placement of blocks spreads one
-logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL).
+logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL; the
+loop's CPU control tensors go through gloo in the same process group).
 The sparse optimiser (row-wise Adagrad) runs fused in backward; dense parameters use Adam.
 """
 
@@ -28,6 +29,24 @@ from core.net import free_port
 from embedding.model import DCNModel
 
 
+def process_group_backend(cuda: bool) -> str:
+    """The backend string of the trainer's process group.
+
+    On CUDA the model's collectives (TorchRec's all-to-alls, DDP) run on GPU tensors through NCCL,
+    while the loop's control collectives (step agreement, offsets, export masks, checkpoint
+    barriers) use small CPU tensors, which NCCL cannot reduce: the group gets both backends."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def backend_devices(backend: str) -> dict[str, str]:
+    """Device type -> backend for a process-group backend string, as torch.distributed maps it:
+    `gloo` serves CPU and CUDA tensors, `nccl` CUDA only, `cpu:gloo,cuda:nccl` names each."""
+    if ":" not in backend:
+        return {"cpu": "gloo", "cuda": "gloo"} if backend == "gloo" else {"cuda": backend}
+    pairs = (part.split(":", 1) for part in backend.split(","))
+    return {device.strip(): name.strip() for device, name in pairs}
+
+
 @dataclass(frozen=True)
 class DistContext:
     rank: int
@@ -43,7 +62,7 @@ class DistContext:
 def init_distributed(prefer_cuda: bool = True) -> DistContext:
     """Join the torchrun process group, or make a one-process group when run without torchrun."""
     use_cuda = prefer_cuda and torch.cuda.is_available()
-    backend = "nccl" if use_cuda else "gloo"
+    backend = process_group_backend(use_cuda)
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if not dist.is_initialized():

@@ -26,7 +26,7 @@ from core.logs import get_logger, log_event
 from embedding.events import FeatureBatch, Featurizer
 from embedding.export import ExportMeta
 from embedding.methods import UnifiedEmbedding
-from embedding.model import ModelConfig, build_model
+from embedding.model import build_model
 from embedding.schema import FeatureSchema, load_schema
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.churn import ChurnSettings, ChurnTracker, fingerprints_of, rows_of
@@ -39,17 +39,6 @@ from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
 
 log = get_logger("trainer")
-
-
-def model_config(settings: TrainerSettings) -> ModelConfig:
-    return ModelConfig(
-        method=settings.method,
-        method_args=settings.method_args,
-        dense_arch=settings.dense_arch,
-        cross_layers=settings.cross_layers,
-        over_arch=settings.over_arch,
-        seed=settings.seed,
-    )
 
 
 def pad_batch(features: FeatureBatch, size: int) -> tuple[KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +68,7 @@ class Trainer:
         self.ctx: DistContext = init_distributed()
         torch.set_num_threads(settings.threads or max(1, (torch.get_num_threads()) // self.ctx.world_size))
         self.schema: FeatureSchema = load_schema(settings.schema_name)
-        self.config = model_config(settings)
+        self.config = settings.model
         self.featurizer = Featurizer(self.schema)
         self.model, self.dense_opt, self.plan = shard_model(
             build_model(self.schema, self.config), self.ctx, settings.sparse_lr, settings.dense_lr

@@ -6,16 +6,19 @@ Run: `unirec train` (one process) or `torchrun --nproc_per_node 2 -m trainer.mai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from core.settings import CommonSettings
+from embedding.model import ModelConfig
 
 
 class TrainerSettings(CommonSettings):
-    model_config = SettingsConfigDict(env_prefix="UNIREC_TRAINER_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="UNIREC_TRAINER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     # where events come from
     topic: str = "events"
@@ -31,14 +34,13 @@ class TrainerSettings(CommonSettings):
     # the model
     schema_name: str = Field("movielens", validation_alias="UNIREC_TRAINER_SCHEMA")
     """A shipped schema name (embedding/schemas) or a YAML path."""
-    method: str = "unified"
-    method_args: dict[str, Any] = Field(default_factory=lambda: {"num_rows": 100_000, "num_blocks": 2})
-    """For `unified`: row blocks are placed table-wise over CPU ranks; fewer blocks are faster per rank
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(method="unified", method_args={"num_rows": 100_000, "num_blocks": 2})
+    )
+    """The model trained and exported (`embedding.model.ModelConfig`): `UNIREC_TRAINER_MODEL` as JSON, or
+    one field at a time, `UNIREC_TRAINER_MODEL__METHOD=robe`, `UNIREC_TRAINER_MODEL__METHOD_ARGS='{...}'`.
+    For `unified`, row blocks are placed table-wise over CPU ranks; fewer blocks are faster per rank
     (bench/results/embedding_throughput.md), so the default matches the default 2 ranks."""
-    dense_arch: tuple[int, ...] = (64, 32)
-    cross_layers: int = 2
-    over_arch: tuple[int, ...] = (64, 32)
-    seed: int = 0
 
     # optimisation
     batch_size: int = Field(64, ge=1)

@@ -10,12 +10,13 @@ Routes: `POST /v1/predict`, `GET /v1/model`, `POST /v1/model/reload|rollback` (a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import torch
@@ -24,6 +25,7 @@ from prometheus_client import multiprocess
 
 from core.logs import configure_logging, get_logger, log_event
 from embedding.schema import FeatureSchema, load_schema
+from services.inference.batcher import Batcher
 from services.inference.churn import ChurnReader
 from services.inference.deps import settings_of
 from services.inference.errors import ServiceError, service_error_handler
@@ -37,6 +39,7 @@ from services.inference.source import ModelSource
 
 logger = get_logger("serve")
 
+T = TypeVar("T")
 SourceFactory = Callable[[ServeSettings, FeatureSchema | None], ModelSource]
 
 
@@ -64,16 +67,21 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
         # A few long-lived scoring threads: torch keeps one thread team per calling thread, and
         # short-lived pool threads would each build (and spin) their own.
         app.state.scorer = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="unirec-score")
+        app.state.batcher = Batcher(
+            metrics, app.state.scorer, window_s=settings.batch_window_ms / 1000, max_events=settings.max_batch,
+            inline_max_events=settings.inline_max_events, max_forwards=settings.inference_threads,
+        )  # fmt: skip
         app.state.churn = ChurnReader(settings.redis_url, settings.churn.key_prefix)
         app.state.follower = None
         log_event(logger, "starting", source=source.describe(), **settings.redacted())
         if settings.api_key is None:
             log_event(logger, "no_api_key", logging.WARNING, detail="admin routes are open: set UNIREC_SERVE_API_KEY")
         try:
-            served = await anyio.to_thread.run_sync(holder.load)
+            served = await anyio.to_thread.run_sync(holder.start)
             log_event(logger, "ready", version=served.version)
         except (LoadFailed, NothingToServe) as exc:  # not ready; the follower keeps trying
             log_event(logger, "not_ready", logging.WARNING, detail=str(exc), store=source.describe())
+        holder.delta_runner = _on_loop(asyncio.get_running_loop())
         if settings.follow:
             app.state.follower = Follower(
                 holder, metrics, settings.redis_url, settings.poll_interval_s, settings.registry.channel
@@ -107,6 +115,18 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
     _document_msgspec_bodies(app)
     routes.update(app.openapi()["paths"], ("/", app.openapi_url, app.docs_url, app.redoc_url))
     return app
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], T]], T]:
+    """Run a function on the event loop from another thread and wait for its result."""
+
+    async def call(fn: Callable[[], T]) -> T:
+        return fn()
+
+    def run(fn: Callable[[], T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call(fn), loop).result()
+
+    return run
 
 
 def serve_app() -> FastAPI:

@@ -20,6 +20,7 @@ SWAP_KINDS = ("full", "delta", "rollback")
 FAILURE_REASONS = ("checksum", "gap", "missing", "schema", "format", "error")
 """Labels of `unirec_serve_failed_loads_total{reason}` (see model_holder.failure_reason)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+REQUESTS_PER_FORWARD_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 def multiprocess_dir() -> str | None:
@@ -38,6 +39,16 @@ class ServeMetrics:
         self.batch_size = Histogram(
             "unirec_serve_batch_size", "Events per predict request", buckets=BATCH_BUCKETS, registry=r
         )
+        self.forwards = Counter(
+            "unirec_serve_forwards", "Forwards run (one per batch formed by the dynamic batcher)", registry=r
+        )
+        self.forward_events = Histogram(
+            "unirec_serve_forward_events", "Events scored per forward", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.forward_requests = Histogram(
+            "unirec_serve_forward_requests", "Predict requests answered by one forward",
+            buckets=REQUESTS_PER_FORWARD_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "unirec_serve_model_info", "1 for the model version being served", ["version"],
             multiprocess_mode="livemax", registry=r,
@@ -50,6 +61,10 @@ class ServeMetrics:
         self.failed_loads = Counter(
             "unirec_serve_failed_loads", "Artifacts refused (the previous model kept serving)", ["reason"], registry=r
         )
+        self.refused_versions = Gauge(
+            "unirec_serve_refused_version_info", "1 for each version refused since start (not retried)",
+            ["version", "reason"], multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
         self.unseen_ids = Counter(
             "unirec_serve_unseen_ids", "Looked-up IDs never seen in training", ["feature"], registry=r
         )
@@ -64,14 +79,19 @@ class ServeMetrics:
             self.swaps.labels(kind=kind)
         for reason in FAILURE_REASONS:
             self.failed_loads.labels(reason=reason)
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._counts = {"predict_requests": 0, "predictions": 0, "errors": 0, "started_at": time.time()}
         self._version: str | None = None
         self._watermark_s: float | None = None
 
     # -- requests --------------------------------------------------------------------------------
     def observe_request(self, route: str, status: int, seconds: float, batch: int = 0) -> None:
-        self.requests.labels(route=route, status=str(status)).inc()
-        self.latency.labels(route=route).observe(seconds)
+        children = self._request_children.get((route, status))
+        if children is None:  # labels() hashes and locks on every call: look each pair up once
+            children = (self.requests.labels(route=route, status=str(status)), self.latency.labels(route=route))
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if route == "/v1/predict":
             self._counts["predict_requests"] += 1
             if status < 300:
@@ -82,6 +102,11 @@ class ServeMetrics:
     def counts(self) -> dict[str, float]:
         """This process's running totals (the status page turns them into rates)."""
         return dict(self._counts)
+
+    def observe_forward(self, requests: int, events: int) -> None:
+        self.forwards.inc()
+        self.forward_events.observe(events)
+        self.forward_requests.observe(requests)
 
     # -- model -----------------------------------------------------------------------------------
     def served(self, version: str, watermark_ms: int | None, features: Sequence[str] = ()) -> None:

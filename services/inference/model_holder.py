@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -135,6 +136,11 @@ class Served:
         )
 
 
+def _same_base(version: str, target: str) -> bool:
+    """`v7+2` -> `v7+3`: the move is deltas on the served full version (the store's `<full>+<seq>` names)."""
+    return version.partition("+")[0] == target.partition("+")[0]
+
+
 class ModelHolder:
     def __init__(
         self,
@@ -152,6 +158,8 @@ class ModelHolder:
         self._refused: dict[str, str] = {}
         self.pinned = False
         """After a rollback the follower stops moving forward until an explicit reload."""
+        self.delta_runner: Callable[[Callable[[], Served]], Served] | None = None
+        """Runs the follower's delta steps (see `follow`); None runs them on the calling thread."""
 
     @property
     def current(self) -> Served | None:
@@ -188,6 +196,11 @@ class ModelHolder:
         if current is not None and current.version == target:
             return current
         try:
+            if self.delta_runner is not None and current is not None and _same_base(current.version, target):
+                # A delta is a few ms of Python and small torch ops. On another thread it holds the GIL
+                # in 5 ms slices against the scoring loop, whose every torch op hands the GIL over:
+                # requests stalled ~400 ms per delta. Run there, it costs the loop those few ms once.
+                return self.delta_runner(lambda: self.load(target, kind))
             return self.load(target, kind)
         except LoadFailed:
             return self._current
@@ -244,9 +257,11 @@ class ModelHolder:
             self._refuse(target, reason, exc)
 
     def _refuse(self, target: str, reason: str, exc: BaseException) -> NoReturn:
+        self._forget_refusal(target)
         self._refused[target] = reason
+        self.metrics.refused_versions.labels(version=target, reason=reason).set(1)
         while len(self._refused) > MAX_REFUSED:  # admin reloads of made-up versions must not grow it forever
-            del self._refused[next(iter(self._refused))]
+            self._forget_refusal(next(iter(self._refused)))
         log_event(logger, "load_refused", logging.ERROR, version=target, reason=reason, error=str(exc))
         raise LoadFailed(target, reason, exc) from exc
 
@@ -265,9 +280,39 @@ class ModelHolder:
         if previous is not None:
             self._history.appendleft(previous)
         self._current = served  # the swap: one reference assignment
-        self._refused.pop(served.version, None)
+        self._forget_refusal(served.version)
         self.metrics.swaps.labels(kind=kind or served.kind).inc()
         self.metrics.served(served.version, served.watermark_ms, served.model.schema.sparse_names)
+
+    def _forget_refusal(self, version: str) -> None:
+        reason = self._refused.pop(version, None)
+        if reason is not None:
+            self.metrics.refused_versions.remove(version, reason)
+
+    def start(self) -> Served:
+        """The first load: the newest version that verifies.
+
+        When the newest is refused (corrupt, wrong schema), older versions are tried, newest first, so a
+        replica starting next to a bad export still becomes ready. The refused version stays refused
+        (in /v1/model and /metrics) and the follower moves on with the next export.
+        """
+        try:
+            return self.load()
+        except LoadFailed as refused:
+            fallbacks = getattr(self.source, "fallbacks", None)
+            if fallbacks is None or refused.version is None:
+                raise
+            for version in fallbacks(refused.version):
+                try:
+                    served = self.load(version)
+                except LoadFailed:
+                    continue
+                log_event(
+                    logger, "fell_back", logging.WARNING, version=served.version, refused=refused.version,
+                    reason=refused.reason,
+                )  # fmt: skip
+                return served
+            raise
 
     def rollback(self) -> Served:
         """Serve the previous model again and pin it (the follower stops until `load(..., unpin=True)`)."""

@@ -1,7 +1,8 @@
-"""One predict call: featurize the whole batch once, apply the schema's policies, one forward.
+"""Predict calls: featurize the whole batch once, apply the schema's policies, one forward.
 
-Runs in a worker thread (torch releases the GIL), on the `Served` model the request took at its
-start. The only per-event Python loops are the featurizer's, plus ones on error paths (to name
+`score` answers one request; `score_requests` answers several (the dynamic batcher's) with one
+forward, each on the `Served` model the requests took at their start. The only per-event Python
+loops are the featurizer's, plus ones on error paths (to name
 the event a 422 is about) and when events carry unknown features (to count them).
 """
 
@@ -29,36 +30,71 @@ def score(served: Served, events: Sequence[Event], metrics: ServeMetrics) -> np.
         batch = served.featurizer(events)
     except (ValueError, TypeError, OverflowError) as exc:
         raise RequestInvalid(_bad_value_details(served, events, exc)) from exc
-    _count_and_check(served, events, batch, metrics)
+    problem = _problem(served, events, batch)
+    _count(served, events, batch, metrics)
+    if problem is not None:
+        raise problem
+    return _forward(served, batch)
+
+
+def score_requests(
+    served: Served, requests: Sequence[Sequence[Event]], metrics: ServeMetrics
+) -> list[np.ndarray | RequestInvalid]:
+    """Each request's probabilities (or its RequestInvalid) from one featurize and one forward of them all.
+
+    Rows of a forward do not depend on each other, so request i's answer is what scoring it alone
+    gives. When anything in the merged batch is refused, every request is scored on its own
+    instead: each bad one gets its own error (naming its own events), the others their answers.
+    """
+    if len(requests) == 1:
+        return [_outcome(served, requests[0], metrics)]
+    merged = [event for events in requests for event in events]
+    try:
+        batch = served.featurizer(merged)
+    except (ValueError, TypeError, OverflowError):
+        return [_outcome(served, events, metrics) for events in requests]
+    if _problem(served, merged, batch) is not None:
+        return [_outcome(served, events, metrics) for events in requests]
+    _count(served, merged, batch, metrics)
+    probabilities = _forward(served, batch)
+    bounds = np.cumsum([0, *map(len, requests)])
+    return [probabilities[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _outcome(served: Served, events: Sequence[Event], metrics: ServeMetrics) -> np.ndarray | RequestInvalid:
+    try:
+        return score(served, events, metrics)
+    except RequestInvalid as exc:
+        return exc
+
+
+def _forward(served: Served, batch: FeatureBatch) -> np.ndarray:
     with torch.inference_mode():
         probabilities = served.model.predict(batch)
     return probabilities.detach().to(torch.float32).reshape(-1).numpy()
 
 
-def _count_and_check(served: Served, events: Sequence[Event], batch: FeatureBatch, metrics: ServeMetrics) -> None:
-    for name, count in batch.missing.items():
-        metrics.missing_features.labels(feature=name).inc(count)
-    if batch.unknown:
-        unknown = batch.unknown
+def _problem(served: Served, events: Sequence[Event], batch: FeatureBatch) -> RequestInvalid | None:
+    """What the schema refuses in this batch (unknown or missing features under `reject`), else None."""
+    unknown = batch.unknown
+    if unknown and served.reject_unknown:
         with_unknown = [
             i for i, e in enumerate(events) if not unknown.isdisjoint(e.sparse) or not unknown.isdisjoint(e.dense)
         ]
-        metrics.unknown_features.inc(len(with_unknown))
-        if served.reject_unknown:
-            raise RequestInvalid(
-                [
-                    detail(
-                        ["body", "events", i, "sparse" if not unknown.isdisjoint(events[i].sparse) else "dense"],
-                        f"unknown feature(s) {sorted(unknown & (events[i].sparse.keys() | events[i].dense.keys()))}; "
-                        f"schema {served.model.schema.name!r} rejects unknown features",
-                        "unknown_feature",
-                    )
-                    for i in with_unknown[:MAX_DETAILS]
-                ]
-            )
+        return RequestInvalid(
+            [
+                detail(
+                    ["body", "events", i, "sparse" if not unknown.isdisjoint(events[i].sparse) else "dense"],
+                    f"unknown feature(s) {sorted(unknown & (events[i].sparse.keys() | events[i].dense.keys()))}; "
+                    f"schema {served.model.schema.name!r} rejects unknown features",
+                    "unknown_feature",
+                )
+                for i in with_unknown[:MAX_DETAILS]
+            ]
+        )
     rejected = [name for name in served.reject_missing if batch.missing.get(name)]
     if rejected:
-        raise RequestInvalid(
+        return RequestInvalid(
             [
                 detail(
                     ["body", "events", i, "sparse", name],
@@ -70,6 +106,20 @@ def _count_and_check(served: Served, events: Sequence[Event], batch: FeatureBatc
                 if name not in e.sparse
             ][:MAX_DETAILS]
         )
+    return None
+
+
+def _count(served: Served, events: Sequence[Event], batch: FeatureBatch, metrics: ServeMetrics) -> None:
+    """Missing and unknown features always; lookups and unseen IDs of batches that are scored."""
+    for name, count in batch.missing.items():
+        metrics.missing_features.labels(feature=name).inc(count)
+    unknown = batch.unknown
+    if unknown:
+        metrics.unknown_features.inc(
+            sum(1 for e in events if not unknown.isdisjoint(e.sparse) or not unknown.isdisjoint(e.dense))
+        )
+    if (unknown and served.reject_unknown) or any(batch.missing.get(name) for name in served.reject_missing):
+        return
     for name, count in zip(batch.sparse.keys(), batch.sparse.length_per_key(), strict=True):
         if count:
             metrics.lookups.labels(feature=name).inc(count)

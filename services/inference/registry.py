@@ -12,7 +12,7 @@ from embedding.errors import ArtifactError
 from embedding.schema import FeatureSchema
 from embedding.serving import ServingModel
 from registry.loading import load_delta, load_serving_model
-from registry.store import ModelStore, open_store
+from registry.store import ModelStore, open_store, version_number
 
 
 def split_version(version: str) -> tuple[str, int]:
@@ -46,12 +46,22 @@ class StoreRegistry:
         base = self.store.serving_version()
         if base is None:
             return None
+        return self._with_deltas(base)
+
+    def _with_deltas(self, base: str) -> str:
         seq = 0
         for available in self.store.deltas(base):
             if available != seq + 1:
                 break
             seq = available
         return base if seq == 0 else f"{base}+{seq}"
+
+    def fallbacks(self, refused: str) -> list[str]:
+        """What to serve instead of `refused`, best first: its full version without the deltas (when a
+        delta was refused), then every older full version with its contiguous deltas, newest first."""
+        base, seq = split_version(refused)
+        older = sorted((v for v in self.store.versions() if version_number(v) < version_number(base)), reverse=True)
+        return ([base] if seq else []) + [self._with_deltas(v) for v in older]
 
     def load(self, version: str | None) -> ServingModel:
         base, seq = split_version(version) if version else (None, 0)

@@ -85,6 +85,7 @@ class ModelInfo(BaseModel):
                     "loaded_at": 1763928000.0,
                     "pinned": False,
                     "history": ["v000041"],
+                    "refused": {},
                     "schema": {"name": "movielens", "embedding_dim": 16, "sparse": [{"name": "user"}]},
                 }
             ]
@@ -99,6 +100,11 @@ class ModelInfo(BaseModel):
     loaded_at: float = Field(description="When this process swapped to the version (Unix seconds).")
     pinned: bool = Field(description="True after a rollback: new exports are not followed until a reload.")
     history: list[str] = Field(description="Versions kept for rollback, newest first.")
+    refused: dict[str, str] = Field(
+        default_factory=dict,
+        description="Versions refused since start (not retried by the follower), with the reason: "
+        "e.g. a corrupt newest version this replica fell back from at start.",
+    )
     schema_: dict[str, Any] = Field(alias="schema", serialization_alias="schema", description="The feature schema.")
 
 

@@ -47,8 +47,16 @@ class ServeSettings(CommonSettings):
     follow: bool = True
     """Follow the registry (Redis pub/sub, polling as fallback) and swap to new exports."""
     inference_threads: int = Field(2, ge=1, le=64)
-    """Predict calls scored at once per worker, each on one of this many long-lived threads; more wait
-    in a queue, within the request timeout."""
+    """Forwards larger than `inline_max_events` scored at once per worker, each on one of this many
+    long-lived threads; more wait in the batcher's queue (and join its next forwards), within the
+    request timeout."""
+    batch_window_ms: float = Field(1.0, ge=0, le=50)
+    """Dynamic batching: how long a forward waits for predict requests already received (body or
+    dependencies not done) to join it. Requests the loop has read join without waiting; a single
+    client never waits (nothing else is in flight). 0 joins only those."""
+    inline_max_events: int = Field(64, ge=0)
+    """Forwards of up to this many events run on the event loop itself (no thread hop); larger ones on
+    the `inference_threads`, while the loop reads the next requests. 0: always on a thread."""
     poll_interval_s: float = Field(5.0, gt=0)
     """Seconds between polls of the store's latest version (the fallback when pub/sub is silent or down)."""
     keep_versions: int = Field(3, ge=1, le=32)

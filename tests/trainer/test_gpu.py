@@ -1,4 +1,4 @@
-"""The CUDA path: NCCL process group, row-wise plan for every table, fused CUDA TBE training step."""
+"""The CUDA path: a gloo+NCCL process group, row-wise plan for every table, fused CUDA TBE training step."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gpu
 def test_row_wise_plan_and_training_steps_on_cuda() -> None:
     ctx = init_distributed(prefer_cuda=True)
     try:
-        assert ctx.backend == "nccl" and ctx.device.type == "cuda"
+        assert ctx.backend == "cpu:gloo,cuda:nccl" and ctx.device.type == "cuda"
         schema = load_schema("movielens")
         model = build_model(schema, ModelConfig(method_args={"num_rows": 20_000, "num_blocks": 4}))
         dmp, dense_opt, plan = shard_model(model, ctx, sparse_lr=0.1, dense_lr=1e-3)

@@ -19,7 +19,7 @@ _ADMIN_ERRORS = {
 }
 
 
-def model_info(served: Served, pinned: bool, history: list[str]) -> ModelInfo:
+def model_info(served: Served, pinned: bool, history: list[str], refused: dict[str, str]) -> ModelInfo:
     return ModelInfo(
         version=served.version,
         kind=served.kind,
@@ -29,6 +29,7 @@ def model_info(served: Served, pinned: bool, history: list[str]) -> ModelInfo:
         loaded_at=served.loaded_at,
         pinned=pinned,
         history=history,
+        refused=refused,
         schema=served.model.schema.model_dict(),
     )
 
@@ -41,7 +42,7 @@ def model_info(served: Served, pinned: bool, history: list[str]) -> ModelInfo:
 )
 def get_model(served: ServedDep, holder: HolderDep) -> ModelInfo:
     """Version, creation time, event-time watermark, freshness and feature schema of the served model."""
-    return model_info(served, holder.pinned, holder.history)
+    return model_info(served, holder.pinned, holder.history, holder.refused)
 
 
 @router.post(
@@ -62,7 +63,7 @@ async def reload(holder: HolderDep, request: ReloadRequest | None = Body(None)) 
         ) from exc
     except NothingToServe as exc:
         raise ServiceError(status.HTTP_409_CONFLICT, str(exc), "empty_store") from exc
-    return model_info(served, holder.pinned, holder.history)
+    return model_info(served, holder.pinned, holder.history, holder.refused)
 
 
 @router.post(
@@ -78,4 +79,4 @@ async def rollback(holder: HolderDep) -> ModelInfo:
         served = await anyio.to_thread.run_sync(holder.rollback)
     except NothingToServe as exc:
         raise ServiceError(status.HTTP_409_CONFLICT, str(exc), "no_history") from exc
-    return model_info(served, holder.pinned, holder.history)
+    return model_info(served, holder.pinned, holder.history, holder.refused)

@@ -1,4 +1,4 @@
-"""`POST /v1/predict`: one probability per event, batched end to end."""
+"""`POST /v1/predict`: one probability per event, batched end to end (and across requests: batcher.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic.json_schema import models_json_schema
 
 from services.inference.codec import RequestInvalid, decode_predict, encode_predictions
-from services.inference.deps import MetricsDep, PredictAuth, ServedDep, SettingsDep
-from services.inference.predictor import score
+from services.inference.deps import PredictAuth, ServedDep
 from services.inference.schemas import ErrorResponse, PredictRequest, PredictResponse, ValidationErrorResponse
 
 router = APIRouter(tags=["predict"])
@@ -66,38 +65,46 @@ async def read_body(request: Request, limit: int) -> bytes:
         504: {"model": ErrorResponse, "description": "Scoring took longer than `request_timeout_s`"},
     },
 )
-async def predict(request: Request, served: ServedDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+async def predict(request: Request, served: ServedDep) -> Response:
     """One probability per event, in order, plus the version of the model that scored them all.
 
     Events are in the training schema; `label` is ignored. Unknown features, missing features and
     IDs never seen in training are handled as the model's feature schema says and counted in /metrics.
     """
-    body = await read_body(request, settings.max_body_bytes)
+    state = request.app.state
+    settings, batcher = state.settings, state.batcher
+    batcher.expect()
+    queued = False
     try:
-        events = decode_predict(body, request.headers.get("content-type")).events
-    except RequestInvalid as exc:
-        raise _unprocessable(exc) from exc
-    n = len(events)
-    if n == 0:
-        raise _unprocessable(
-            RequestInvalid([{"type": "too_short", "loc": ["body", "events"], "msg": "at least one event"}])
-        )
-    if n > settings.max_batch:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"{n} events exceed the maximum batch of {settings.max_batch}"
-        )
-    metrics.batch_size.observe(n)
-    request.state.log_fields = {"batch": n, "version": served.version}
-    loop = asyncio.get_running_loop()
-    work = loop.run_in_executor(request.app.state.scorer, score, served, events, metrics)
-    try:
-        probabilities = await asyncio.wait_for(work, timeout=settings.request_timeout_s)
-    except RequestInvalid as exc:
-        raise _unprocessable(exc) from exc
-    except TimeoutError as exc:
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT, f"scoring {n} events took longer than {settings.request_timeout_s} s"
-        ) from exc
+        body = await read_body(request, settings.max_body_bytes)
+        try:
+            events = decode_predict(body, request.headers.get("content-type")).events
+        except RequestInvalid as exc:
+            raise _unprocessable(exc) from exc
+        n = len(events)
+        if n == 0:
+            raise _unprocessable(
+                RequestInvalid([{"type": "too_short", "loc": ["body", "events"], "msg": "at least one event"}])
+            )
+        if n > settings.max_batch:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE, f"{n} events exceed the maximum batch of {settings.max_batch}"
+            )
+        state.metrics.batch_size.observe(n)
+        request.state.log_fields = {"batch": n, "version": served.version}
+        queued = True
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                probabilities = await batcher.score(served, events)
+        except RequestInvalid as exc:
+            raise _unprocessable(exc) from exc
+        except TimeoutError as exc:
+            raise HTTPException(
+                status.HTTP_504_GATEWAY_TIMEOUT, f"scoring {n} events took longer than {settings.request_timeout_s} s"
+            ) from exc
+    finally:
+        if not queued:
+            batcher.abandon()
     return Response(encode_predictions(served.version, probabilities), media_type="application/json")
 
 

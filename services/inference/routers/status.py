@@ -28,7 +28,7 @@ async def get_status(request: Request, holder: HolderDep, metrics: MetricsDep, f
     churn = await anyio.to_thread.run_sync(request.app.state.churn.read)
     return StatusResponse(
         ready=served is not None,
-        model=model_info(served, holder.pinned, holder.history) if served is not None else None,
+        model=model_info(served, holder.pinned, holder.history, holder.refused) if served is not None else None,
         requests=metrics.counts(),
         follower=follower.state() if follower is not None else {"mode": "off"},
         training=served.training if served is not None else {},

@@ -318,17 +318,19 @@ def test_a_slow_prediction_answers_504(
 ) -> None:
     import time
 
-    from services.inference.routers import predict
+    from services.inference import predictor
 
-    real = predict.score
+    real = predictor.score_requests
 
     def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
         time.sleep(0.3)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "score", slow)
+    monkeypatch.setattr(predictor, "score_requests", slow)
     export(store, seed=1)
-    with TestClient(make_app(store_dir, follow=False, request_timeout_s=0.05)) as client:
+    # on a scoring thread (an inline forward is bounded by `inline_max_events`, and blocks the timer too)
+    app = make_app(store_dir, follow=False, request_timeout_s=0.05, inline_max_events=0)
+    with TestClient(app) as client:
         response = client.post("/v1/predict", json=REQUEST)
     assert response.status_code == 504 and "longer than 0.05 s" in response.json()["detail"]
 
@@ -345,6 +347,9 @@ METRICS = [
     "unirec_serve_lookups_total",
     "unirec_serve_missing_features_total",
     "unirec_serve_unknown_features_total",
+    "unirec_serve_forwards_total",
+    "unirec_serve_forward_events_bucket",
+    "unirec_serve_forward_requests_bucket",
 ]
 
 
