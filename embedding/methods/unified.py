@@ -5,7 +5,9 @@ with a 2-universal hash per (group, j); the k rows are concatenated, so a featur
 Equal tokens of different features land in different rows unless the features share a seed group.
 
 Storage: the M logical rows may be stored as `num_blocks` contiguous row blocks, each a TorchRec
-table (row r lives in block r // ceil(M/B) at offset r % ceil(M/B)). Each lookup is routed to its
+table (`block_sizes`: ceil(M/B) rows each, the last one smaller, so row r lives in block
+r // ceil(M/B); where that would leave a block empty, e.g. 9 rows in 4 blocks, rows are split as
+evenly as possible, 3 2 2 2, and `locate` finds them). Each lookup is routed to its
 block and the pooled partial sums are added back, so the method is exactly the same for any B
 (sum pooling is linear). Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
 table-wise sharding of blocks spreads the one logical table over ranks like row-wise sharding.
@@ -24,6 +26,15 @@ from embedding.hashing import UniversalHash, derive_seed
 from embedding.methods._ops import table
 from embedding.methods.base import EmbeddingMethod, register
 from embedding.schema import FeatureSchema
+
+
+def block_sizes(num_rows: int, num_blocks: int) -> list[int]:
+    """Rows of each block (see the module doc); every block holds at least one row."""
+    per = math.ceil(num_rows / num_blocks)
+    if per * (num_blocks - 1) < num_rows:
+        return [per] * (num_blocks - 1) + [num_rows - per * (num_blocks - 1)]
+    low, extra = divmod(num_rows, num_blocks)
+    return [low + 1] * extra + [low] * (num_blocks - extra)
 
 
 def lookup_keys(schema: FeatureSchema) -> list[tuple[str, int]]:
@@ -52,18 +63,36 @@ class UnifiedEmbedding(EmbeddingMethod):
         self.seed = seed
         self.init_std = init_std
         self.dim = schema.embedding_dim
-        self.block_rows = math.ceil(num_rows / num_blocks)
+        self.sizes = block_sizes(num_rows, num_blocks)
+        self.starts = [sum(self.sizes[:b]) for b in range(num_blocks)]
+        uniform = self.sizes[0] * (num_blocks - 1) < num_rows  # block b starts at b * sizes[0]
+        self._block_rows = self.sizes[0] if uniform else None
         self._keys = lookup_keys(schema)
         self.hashes = [self.hash_for(name, j) for name, j in self._keys]
         key_names = [f"{name}@{j}" for name, j in self._keys]
         tables = []
-        for b in range(num_blocks):
-            rows = min(self.block_rows, num_rows - b * self.block_rows)
+        for b, rows in enumerate(self.sizes):
             tables.append(
                 table(self.table_name(b), rows, self.dim, [f"{key}#{b}" for key in key_names], std=init_std)
             )
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
         self._block_keys = [f"{key}#{b}" for key in key_names for b in range(num_blocks)]
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per block when block b holds rows [b * block_rows, (b + 1) * block_rows)."""
+        if self._block_rows is None:
+            raise ValueError(f"{self.num_rows} rows in {self.num_blocks} blocks are {self.sizes}; use locate()")
+        return self._block_rows
+
+    def locate(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, row inside the block) of logical rows."""
+        if self._block_rows is not None:
+            block = torch.div(rows, self._block_rows, rounding_mode="floor")
+            return block, rows - block * self._block_rows
+        starts = torch.tensor(self.starts, device=rows.device)
+        block = torch.bucketize(rows, starts[1:], right=True)
+        return block, rows - starts[block]
 
     @staticmethod
     def table_name(block: int) -> str:
@@ -95,14 +124,14 @@ class UnifiedEmbedding(EmbeddingMethod):
             return KeyedJaggedTensor(keys=self._block_keys, values=rows, lengths=lengths)
         # route each row to its block; group values by (key, block) keeping bag order inside
         bag = torch.repeat_interleave(torch.arange(n_keys * batch, device=rows.device), lengths)  # key*batch + example
-        block = torch.div(rows, self.block_rows, rounding_mode="floor")
+        block, local = self.locate(rows)
         key = torch.div(bag, batch, rounding_mode="floor")
         group = key * n_blocks + block
         order = torch.argsort(group, stable=True)
         slot = (group * batch + (bag - key * batch))[order]
         return KeyedJaggedTensor(
             keys=self._block_keys,
-            values=(rows - block * self.block_rows)[order],
+            values=local[order],
             lengths=torch.bincount(slot, minlength=n_keys * n_blocks * batch),
         )
 
