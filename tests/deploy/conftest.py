@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.containers import BASE_IMAGE, IMAGE, Podman, build_image
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "unirec"
 IN_CI = bool(os.environ.get("CI"))
@@ -118,3 +120,49 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
                 out.append((path.name, panel["title"], concrete(target["expr"])))
     assert out, "no dashboard queries found"
     return out
+
+
+@pytest.fixture(scope="session")
+def podman() -> Podman:
+    return Podman(require_binary("podman", "podman runc"))
+
+
+@pytest.fixture(scope="session")
+def unirec_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The CPU image on the local Debian base, built once per session (podman's layer cache makes a
+    rebuild without dependency changes take seconds)."""
+    if not podman.exists(BASE_IMAGE):
+        require_binary("mmdebstrap", "mmdebstrap")
+        subprocess.run(["bash", str(REPO / "deploy" / "docker" / "base-image.sh"), BASE_IMAGE],
+                       env=podman.env, check=True, timeout=600, capture_output=True)
+    seconds = build_image(podman, tmp_path_factory.mktemp("build") / "build.log")
+    size = int(podman.inspect(IMAGE, "{{.Size}}"))
+    print(f"\nunirec image {IMAGE}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
+    return IMAGE
+
+
+CHECKOV = "checkov==3.3.30"
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    """checkov in its own virtual environment under .unirec/tools (created once, about 3 min): its many
+    pinned requirements would fight the project's own pins in .venv."""
+    import sys
+
+    venv = REPO / ".unirec" / "tools" / "checkov"
+    binary = venv / "bin" / "checkov"
+    stamp = venv / "installed.txt"
+    if not (binary.exists() and stamp.exists() and stamp.read_text() == CHECKOV):
+        try:
+            subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--clear", str(venv)],
+                           check=True, capture_output=True, timeout=120)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV], check=True, capture_output=True,
+                           text=True, timeout=900)
+        except subprocess.CalledProcessError as exc:
+            message = f"could not install {CHECKOV} into {venv} (needs PyPI once): {exc.stderr[-2000:]}"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        stamp.write_text(CHECKOV)
+    return str(binary)

@@ -52,7 +52,8 @@ def test_install_script_is_valid_bash_and_keeps_torchrec_without_deps() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*", "ignore everything, then allow what the image installs"
-    for needed in ("!pyproject.toml", "!unirec/", "!embedding/", "!trainer/", "!services/", "!deploy/docker/"):
+    for needed in ("!pyproject.toml", "!core/", "!embedding/", "!registry/", "!trainer/", "!services/", "!unirec/",
+                   "!bench/", "!deploy/docker/"):
         assert needed in lines
 
 

@@ -159,3 +159,16 @@ value: {{ required "redis.url is required (or redis.existingSecret)" .Values.red
 {{- define "unirec.containerSecurityContext" -}}
 {{- toYaml .Values.containerSecurityContext }}
 {{- end }}
+
+{{/*
+checkov policies a workload skips, each with its reason (checkov reads `checkov.io/skip<n>: ID=reason`).
+Usage: include "unirec.checkovSkips" (dict "extra" (list "CKV_K8S_35=reason"))
+*/}}
+{{- define "unirec.checkovSkips" -}}
+{{- $skips := list
+  "CKV_K8S_43=tags by default so one values file serves both image variants; set image.digest to pin by digest"
+  "CKV_K8S_15=image.pullPolicy IfNotPresent: release tags are immutable and Always makes every pod start need the registry" }}
+{{- range $i, $skip := concat $skips (default (list) .extra) }}
+checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
+{{- end }}
+{{- end }}
