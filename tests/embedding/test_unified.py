@@ -115,3 +115,39 @@ def test_nine_rows_in_four_blocks_work_and_match_one_block(schema: FeatureSchema
     torch.testing.assert_close(four(kjt).values(), one(kjt).values())
     with pytest.raises(ValueError, match="use locate"):
         _ = four.block_rows
+
+
+def _reference_rows(module: UnifiedEmbedding, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows by the Python-int reference of each (feature, lookup) hash, key-major."""
+    values, lengths = [], []
+    for (name, _), h in zip(module._keys, module.hashes, strict=True):
+        bag = kjt[name]
+        values += [h.reference(int(x)) for x in bag.values()]
+        lengths.append(bag.lengths())
+    return torch.tensor(values, dtype=torch.int64), torch.cat(lengths)
+
+
+def test_rows_hash_every_lookup_in_one_call_like_the_reference(schema: FeatureSchema, kjt: KeyedJaggedTensor) -> None:
+    module = UnifiedEmbedding(schema, num_rows=1009, num_blocks=3)
+    want_rows, want_lengths = _reference_rows(module, kjt)
+    rows, lengths = module.rows(kjt)
+    assert torch.equal(rows, want_rows) and torch.equal(lengths, want_lengths)
+    # keys in another order (and the torch path's per-key loop) give the same rows
+    permuted = kjt.permute([4, 2, 0, 3, 1])
+    rows2, lengths2 = module.rows(permuted)
+    assert torch.equal(rows2, want_rows) and torch.equal(lengths2, want_lengths)
+
+
+def test_prepared_batch_is_the_routed_input_and_gives_the_same_output(
+    schema: FeatureSchema, kjt: KeyedJaggedTensor
+) -> None:
+    for rows, blocks in ((101, 1), (101, 2), (101, 3), (101, 7), (9, 4)):  # 9 in 4: uneven blocks
+        module = UnifiedEmbedding(schema, num_rows=rows, num_blocks=blocks)
+        prepared = module.prepare(kjt)
+        reference = module._route_torch(*_reference_rows(module, kjt), kjt.stride())
+        assert prepared.kjt.keys() == reference.keys()
+        assert torch.equal(prepared.kjt.values(), reference.values())
+        assert torch.equal(prepared.kjt.lengths(), reference.lengths())
+        assert module.is_routed(prepared.kjt) and not module.is_routed(kjt)
+        # a routed batch skips hashing and routing; mean pooling (tags) divides by the original lengths
+        torch.testing.assert_close(module(prepared.kjt).values(), module(kjt).values(), rtol=0, atol=0)
