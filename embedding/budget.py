@@ -7,6 +7,14 @@ multiplexed methods spend it on one shared parameter space. Bytes are trainable 
 factorisation exists only during training. Rounding is absorbed by the largest feature, so every
 configuration lands within 1% of the budget whenever the budget holds a few rows per feature.
 
+Compositional variants follow Shi et al.: `qr_threshold` keeps a full table (moduli [n]) for
+every feature with at most `threshold` values, smallest first while those tables take at most
+`threshold_share` of the budget (their Sec. 5.4 compresses only tables above a size threshold),
+and compresses the others with QR; `path_qr` picks the fewest path functions m_2 whose
+partitions still tell all n values apart (m_1 * m_2 >= n, the complementary condition), or the
+most values it can when the budget cannot. With `known_vocab`, compositional variants enumerate
+the vocabulary (`vocab_sizes`; fill it with `set_vocabulary`) instead of hashing values first.
+
     from embedding.budget import budget_method_args
     for label, (method, args) in budget_method_args(schema, 8 << 20).items():
         ModelConfig(method=method, method_args=args)
@@ -19,8 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from embedding.methods._ops import vocab_shares
-from embedding.methods.compositional import component_widths, coprime_moduli
-from embedding.methods.hash_embedding import importance_dim
+from embedding.methods.compositional import component_widths, coprime_moduli, path_width
 from embedding.schema import FeatureSchema
 
 FP32 = 4
@@ -40,6 +47,7 @@ VARIANTS = (
     "pq",
     "pq_mux",
     "path_qr",
+    "qr_threshold",
     "managed_collision",
     "mlet_unified",
     "mlet_hashing_trick",
@@ -78,31 +86,67 @@ def _moduli(units: float, k: int, partition: str) -> list[int]:
     return _balanced(round(units), k)
 
 
-def _compositional(
-    params: float, widths: Mapping[str, int], schema: FeatureSchema | None, k: int, partition: str, operation: str
-) -> Any:
-    """Moduli per feature (or one list when schema is None: multiplexed, width = widths['*'])."""
-    shares = vocab_shares(schema) if schema is not None else {"*": 1.0}
+def _path_moduli(params: float, width: int, vocab: int, hidden: int) -> list[int]:
+    """[m_1, m_2] for a path-based feature: the fewest path functions m_2 with m_1 * m_2 >= vocab
+    (m_1 rows of `width` and m_2 functions spending `params`), else the most values coverable."""
+    fn = path_width(width, hidden)
+    best, best_cover = 1, 0
+    for m2 in range(1, max(1, int(params // (2 * fn))) + 1):
+        cover = m2 * max(1, math.floor((params - m2 * fn) / width))
+        if cover >= vocab:
+            best = m2
+            break
+        if cover > best_cover:
+            best, best_cover = m2, cover
+    return [max(1, round((params - best * fn) / width)), best]
 
-    def one(p: float, w: int) -> list[int]:
+
+def _compositional(
+    params: float,
+    widths: Mapping[str, int],
+    shares: Mapping[str, float],
+    vocab: Mapping[str, int],
+    k: int,
+    partition: str,
+    operation: str,
+    path_hidden: int = 0,
+) -> dict[str, list[int]]:
+    """Moduli per feature of `shares` (share of `params` each), rounding absorbed by the largest."""
+
+    def one(p: float, n: str) -> list[int]:
+        w = widths[n]
         if operation == "path":
-            m2 = max(1, math.floor(0.1 * p / (w * w)))
-            return [max(1, round((p - m2 * w * w) / w)), m2]
+            return _path_moduli(p, w, vocab[n], path_hidden)
         if operation == "concat":
             return [max(1, round(p / w))] * k
         return _moduli(p / w, k, partition)
 
-    out = {n: one(params * s, widths[n]) for n, s in shares.items()}
+    total = sum(shares.values())
+    out = {n: one(params * s / total, n) for n, s in shares.items()}
     big = max(shares, key=lambda n: shares[n])
-    rest = sum(_comp_params(out[n], widths[n], operation) for n in out if n != big)
-    out[big] = one(params - rest, widths[big])
-    return out if schema is not None else out["*"]
+    rest = sum(_comp_params(out[n], widths[n], operation, path_hidden) for n in out if n != big)
+    out[big] = one(params - rest, big)
+    return out
 
 
-def _comp_params(moduli: Sequence[int], width: int, operation: str) -> int:
-    if operation == "path":
-        return moduli[0] * width + moduli[1] * width * width
-    return sum(m * w for m, w in zip(moduli, component_widths(width, len(moduli), operation), strict=True))
+def _comp_params(moduli: Sequence[int], width: int, operation: str, path_hidden: int = 0) -> int:
+    widths = component_widths(width, len(moduli), operation, path_hidden)
+    return sum(m * w for m, w in zip(moduli, widths, strict=True))
+
+
+def _threshold_split(
+    params: float, widths: Mapping[str, int], vocab: Mapping[str, int], threshold: int, share: float
+) -> dict[str, list[int]]:
+    """Full tables ([n]) for the small features (see the module doc); the rest of the budget to QR."""
+    full: dict[str, list[int]] = {}
+    spent = 0
+    for name in sorted((n for n in widths if vocab[n] <= threshold), key=lambda n: vocab[n]):
+        cost = vocab[name] * widths[name]
+        if spent + cost > share * params or len(full) == len(widths) - 1:
+            break
+        full[name], spent = [vocab[name]], spent + cost
+    rest = {n: float(vocab[n]) for n in widths if n not in full}
+    return {**full, **_compositional(params - spent, widths, rest, vocab, 2, "qr", "mult")}
 
 
 def budget_method_args(
@@ -117,12 +161,19 @@ def budget_method_args(
     robe_block: int | None = None,
     parts: int = 2,
     mlet_inner_dim: int | None = None,
+    path_hidden: int = 0,
+    threshold: int = 2000,
+    threshold_share: float = 0.5,
+    known_vocab: bool = False,
     seed: int = 0,
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """label -> (method name, method_args) for each variant, all spending `budget_bytes`.
 
-    `vocab` overrides the schema's vocab_size estimates; `robe_block` defaults to d (ROBE-Z with
-    Z = d); `parts` is k of the compositional methods; `mlet_inner_dim` defaults to 4d.
+    `vocab` overrides the schema's vocab_size estimates; `robe_block` defaults to d (ROBE-D; any
+    Z works, below d ROBE-Z chunks, above d a multiple of every feature's width); `parts` is k of
+    the compositional methods; `mlet_inner_dim` defaults to 4d; `path_hidden` is the path MLP's
+    hidden width (0: affine maps); `threshold`, `threshold_share` and `known_vocab`: see the
+    module doc.
     """
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -136,6 +187,10 @@ def budget_method_args(
             f" parameters of {FP32} bytes)"
         )
     widths = {s.name: schema.width(s.name) for s in schema.sparse}
+    shares = vocab_shares(schema)
+    known = [s.vocab_size for s in schema.sparse if s.vocab_size]
+    fill = round(sum(known) / len(known)) if known else 1  # as vocab_shares fills unknown sizes
+    counts = {s.name: int(s.vocab_size or fill) for s in schema.sparse}
     block = robe_block or d
     emb = (1 - importance_share) * params
     imp = importance_share * params
@@ -147,7 +202,7 @@ def budget_method_args(
             "hash_embedding",
             {
                 "rows": _rows(emb, schema, widths),
-                "importance_rows": _rows(imp, schema, dict.fromkeys(widths, importance_dim(num_hashes))),
+                "importance_rows": _rows(imp, schema, dict.fromkeys(widths, num_hashes)),
                 "num_hashes": num_hashes,
                 "multiplexed": False,
                 "seed": seed,
@@ -157,7 +212,7 @@ def budget_method_args(
             "hash_embedding",
             {
                 "num_rows": max(1, round(emb / d)),
-                "importance_rows": max(1, round(imp / importance_dim(num_hashes))),
+                "importance_rows": max(1, round(imp / num_hashes)),
                 "num_hashes": num_hashes,
                 "multiplexed": True,
                 "seed": seed,
@@ -197,14 +252,34 @@ def budget_method_args(
 
     def _comp(partition: str, operation: str, mux: bool) -> tuple[str, dict[str, Any]]:
         k = 2 if operation == "path" else parts
-        moduli = _compositional(params, {"*": d} if mux else widths, None if mux else schema, k, partition, operation)
-        return "compositional", {
+        hidden = path_hidden if operation == "path" else 0
+        moduli: Any
+        if mux:
+            moduli = _compositional(params, {"*": d}, {"*": 1.0}, {"*": sum(counts.values())}, k, partition, operation)
+            moduli = moduli["*"]
+        else:
+            moduli = _compositional(params, widths, shares, counts, k, partition, operation, hidden)
+        return _comp_args(moduli, partition, operation, mux, hidden)
+
+    def _comp_args(
+        moduli: Any, partition: str, operation: str, mux: bool, hidden: int = 0
+    ) -> tuple[str, dict[str, Any]]:
+        args: dict[str, Any] = {
             "moduli": moduli,
             "partition": partition,
             "operation": operation,
             "multiplexed": mux,
             "seed": seed,
         }
+        if hidden:
+            args["path_hidden"] = hidden
+        if known_vocab and not mux:
+            args["vocab_sizes"] = dict(counts)
+        return "compositional", args
+
+    build["qr_threshold"] = lambda: _comp_args(
+        _threshold_split(params, widths, counts, threshold, threshold_share), "qr", "mult", False
+    )
 
     for label in variants:
         out[label] = build[label]()

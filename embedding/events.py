@@ -72,7 +72,14 @@ class FeatureBatch:
 
 
 class Featurizer:
-    """Events -> FeatureBatch for one feature schema. Stateless; safe to share between threads."""
+    """Events -> FeatureBatch for one feature schema. Stateless; safe to share between threads.
+
+    Vectorised per batch: each feature's values are gathered as one column; plain columns (every
+    event has one value of the feature's own Python type) skip the per-event loop; the int
+    features' values are fingerprinted in one call and the str features' in another (a fingerprint
+    depends on the value alone); the KJT is built once. Other columns (lists, missing values,
+    values to coerce) take the general path, which is the per-event definition itself.
+    """
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.schema = schema
@@ -85,16 +92,23 @@ class Featurizer:
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
         n = len(events)
+        sparse_maps = [event.sparse for event in events]
         lengths = np.zeros((len(self._sparse), n), dtype=np.int64)
-        chunks: list[np.ndarray] = []
+        chunks: list[np.ndarray | None] = [None] * len(self._sparse)
+        plain: dict[str, list[tuple[int, list[object]]]] = {"int": [], "str": []}
         missing: dict[str, int] = {}
         for i, spec in enumerate(self._sparse):
             name = spec.name
+            column = [m.get(name) for m in sparse_maps]
+            kinds = set(map(type, column))
+            if n and kinds == {_PLAIN[spec.dtype]}:  # one value of the declared type per event
+                lengths[i] = 1
+                plain[spec.dtype].append((i, column))
+                continue
             flat: list[object] = []
             lens = lengths[i]
             absent = 0
-            for j, event in enumerate(events):
-                value = event.sparse.get(name)
+            for j, value in enumerate(column):
                 if value is None:
                     absent += 1
                 elif isinstance(value, list):
@@ -105,10 +119,10 @@ class Featurizer:
                     lens[j] = 1
             if absent:
                 missing[name] = absent
-            try:
-                chunks.append(fingerprint(flat, spec.dtype) if flat else np.empty(0, dtype=np.int64))
-            except ValueError as exc:
-                raise ValueError(f"sparse feature {name!r}: {exc}") from exc
+            chunks[i] = self._fingerprint(name, flat, spec.dtype)
+        for dtype, columns in plain.items():
+            if columns:
+                self._fingerprint_plain(dtype, columns, chunks)
         values = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.schema.sparse_names,
@@ -116,19 +130,56 @@ class Featurizer:
             lengths=torch.from_numpy(lengths.reshape(-1)),
         )
         dense = np.empty((n, len(self._dense)), dtype=np.float32)
-        for k, spec in enumerate(self._dense):
-            dense[:, k] = [event.dense.get(spec.name, spec.default) for event in events]
-            if spec.transform == "log1p":
-                dense[:, k] = np.sign(dense[:, k]) * np.log1p(np.abs(dense[:, k]))
+        if self._dense:
+            dense_maps = [event.dense for event in events]
+            for k, spec in enumerate(self._dense):
+                dense[:, k] = [m.get(spec.name, spec.default) for m in dense_maps]
+                if spec.transform == "log1p":
+                    dense[:, k] = np.sign(dense[:, k]) * np.log1p(np.abs(dense[:, k]))
         labels = None
-        if n and all(event.label is not None for event in events):
-            labels = torch.tensor([event.label for event in events], dtype=torch.float32)
-        unknown: set[str] = set()
+        if n:
+            label_list = [event.label for event in events]
+            if None not in label_list:
+                labels = torch.tensor(label_list, dtype=torch.float32)
+        seen: set[str] = set()
+        for m in sparse_maps:
+            seen.update(m)
         for event in events:
-            for key in event.sparse:
-                if key not in self._known:
-                    unknown.add(key)
-            for key in event.dense:
-                if key not in self._known:
-                    unknown.add(key)
+            if event.dense:
+                seen.update(event.dense)
+        unknown = seen - self._known
         return FeatureBatch(kjt, torch.from_numpy(dense), labels, missing, unknown)
+
+    @staticmethod
+    def _fingerprint(name: str, flat: list[object], dtype: str) -> np.ndarray:
+        if not flat:
+            return np.empty(0, dtype=np.int64)
+        try:
+            return fingerprint(flat, dtype)
+        except ValueError as exc:
+            raise ValueError(f"sparse feature {name!r}: {exc}") from exc
+
+    def _fingerprint_plain(
+        self, dtype: str, columns: list[tuple[int, list[object]]], chunks: list[np.ndarray | None]
+    ) -> None:
+        """Fingerprint several plain columns of one dtype in one call; fill their chunks."""
+        if dtype == "int":
+            arrays = []
+            for i, column in columns:
+                try:
+                    arrays.append(np.array(column, dtype=np.int64))
+                except OverflowError:  # beyond int64: the general path's coercion decides
+                    chunks[i] = self._fingerprint(self._sparse[i].name, column, dtype)
+                    arrays.append(np.empty(0, dtype=np.int64))
+            joined = fingerprint(np.concatenate(arrays), "int")
+        else:
+            arrays = [np.array(column, dtype=object) for _, column in columns]
+            joined = fingerprint(np.concatenate(arrays), "str")
+        offset = 0
+        for (i, _), array in zip(columns, arrays, strict=True):
+            if chunks[i] is None:
+                chunks[i] = joined[offset : offset + array.size]
+            offset += array.size
+
+
+_PLAIN = {"int": int, "str": str}

@@ -8,9 +8,15 @@ Two stages, both vectorised:
    (pandas' `hash_array`, C code). Both are pure functions of the value: identical across
    processes, machines and Python hash randomisation.
 2. `UniversalHash`: the Carter-Wegman 2-universal family `h(x) = ((a*x + b) mod p) mod m` with the
-   Mersenne prime p = 2^61 - 1, evaluated in int64 torch arithmetic with 31/30-bit limbs so it
-   runs inside modules (and on GPU). Each feature (or seed group) draws its own (a, b) from its
-   seed, which is what makes equal tokens of different features land in different rows.
+   Mersenne prime p = 2^61 - 1. Each feature (or seed group) draws its own (a, b) from its seed,
+   which is what makes equal tokens of different features land in different rows.
+
+One exact implementation, `universal_rows`: numpy uint64 arithmetic with 31/30-bit limbs (the
+product a*x never overflows), vectorised over values AND over hash parameters, so a whole batch of
+every feature and lookup is hashed in one call of ~30 array operations (`HashBank`), whatever the
+number of features. Trainer (unified routing, churn rows, delta marks) and inference service
+(`UniversalHash.__call__`, seen-row masks) share it. On CUDA tensors the same limb arithmetic
+runs as torch ops (`_torch_rows`); both are tested against the Python-int reference.
 """
 
 from __future__ import annotations
@@ -95,11 +101,89 @@ class UniversalHash:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Rows in [0, m) for int64 fingerprints `x` (any shape)."""
-        return mod_mersenne61(mul_mod_mersenne61(mod_mersenne61_u64(x), self.a) + self.b) % self.m
+        if x.device.type != "cpu":
+            return _torch_rows(x, self.a, self.b, self.m)
+        import torch
+
+        return torch.from_numpy(self.rows(x.numpy(force=True)))
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """Rows in [0, m) (int64) for int64 (or uint64) fingerprints `x`, with numpy."""
+        return universal_rows(x, self.a, self.b, self.m)
 
     def reference(self, x: int) -> int:
         """The same function with Python integers, for tests."""
         return ((self.a * (x & _M64) + self.b) % MERSENNE_61) % self.m
+
+
+_P = np.uint64(MERSENNE_61)
+_LOW31 = np.uint64((1 << 31) - 1)
+_LOW30 = np.uint64((1 << 30) - 1)
+_U1, _U30, _U31, _U61 = np.uint64(1), np.uint64(30), np.uint64(31), np.uint64(61)
+
+
+def _fold(x: np.ndarray) -> np.ndarray:
+    """x mod p for uint64 0 <= x < 2^63 (in place where it can)."""
+    x = (x & _P) + (x >> _U61)
+    x[x >= _P] -= _P
+    return x
+
+
+def universal_rows(
+    x: np.ndarray, a: int | np.ndarray, b: int | np.ndarray, m: int | np.ndarray
+) -> np.ndarray:
+    """((a*x + b) mod p) mod m, p = 2^61 - 1, exactly, for 64-bit fingerprints `x` read as unsigned.
+
+    `a`, `b`, `m` are ints or arrays broadcasting against `x` (one set of parameters per value:
+    many features and lookups in one call). Requires 1 <= a < p, 0 <= b < p, m >= 1; returns int64.
+    """
+    x = np.ascontiguousarray(x).view(np.uint64) if x.dtype != np.uint64 else x
+    a = np.asarray(a, dtype=np.uint64)
+    b = np.asarray(b, dtype=np.uint64)
+    m = np.asarray(m, dtype=np.uint64)
+    # x mod p: top three bits folded onto the low 61 (2^61 = 1 mod p)
+    xm = _fold((x & _P) + (x >> _U61))
+    # (a * xm) mod p with 31/30-bit limbs: every partial product stays below 2^62
+    a0, a1 = a & _LOW31, a >> _U31
+    x0, x1 = xm & _LOW31, xm >> _U31
+    acc = (a1 * x1) << _U1  # a1*x1*2^62 = 2*a1*x1 (mod p), < 2^61
+    mid = a1 * x0 + a0 * x1  # < 2^62
+    acc += (mid >> _U30) + ((mid & _LOW30) << _U31)  # mid*2^31 (mod p), < 2^61 + 2^32
+    acc += _fold(a0 * x0)  # a0*x0 < 2^62
+    acc = _fold(acc)
+    acc += b  # both < p: sum < 2^62
+    acc = _fold(acc)
+    return (acc % m).view(np.int64)
+
+
+class HashBank:
+    """Many `UniversalHash`es applied at once: parameters per key, values key-major.
+
+    `bank(values, counts)` hashes `counts[k]` consecutive values with hash k, for all k, in one
+    `universal_rows` call (parameters repeated per value)."""
+
+    def __init__(self, hashes: Sequence[UniversalHash]) -> None:
+        self.hashes = list(hashes)
+        self.a = np.array([h.a for h in self.hashes], dtype=np.uint64)
+        self.b = np.array([h.b for h in self.hashes], dtype=np.uint64)
+        self.m = np.array([h.m for h in self.hashes], dtype=np.uint64)
+        self._same_m = len({h.m for h in self.hashes}) <= 1
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __call__(self, values: np.ndarray, counts: np.ndarray | Sequence[int]) -> np.ndarray:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.size != len(self.hashes):
+            raise ValueError(f"{counts.size} counts for {len(self.hashes)} hashes")
+        a, b = np.repeat(self.a, counts), np.repeat(self.b, counts)
+        m = self.m[:1] if self._same_m and self.m.size else np.repeat(self.m, counts)
+        return universal_rows(values, a, b, m)
+
+
+def _torch_rows(x: torch.Tensor, a: int, b: int, m: int) -> torch.Tensor:
+    """`universal_rows` as int64 torch ops (the same limbs), for tensors off the CPU."""
+    return mod_mersenne61(mul_mod_mersenne61(mod_mersenne61_u64(x), a) + b) % m
 
 
 def mod_mersenne61_u64(x: torch.Tensor) -> torch.Tensor:

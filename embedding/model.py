@@ -10,29 +10,15 @@ in checkpoints and export manifests as JSON.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from embedding.config import ModelConfig
 from embedding.methods import EmbeddingMethod, build_method
 from embedding.schema import FeatureSchema
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: str = "unified"
-    method_args: dict[str, Any] = Field(default_factory=lambda: {"num_rows": 100_000})
-    dense_arch: tuple[int, ...] = (64, 32)
-    cross_layers: int = Field(2, ge=0)
-    cross_rank: int = Field(16, ge=1)
-    over_arch: tuple[int, ...] = (64, 32)
-    seed: int = 0
 
 
 class DCNModel(nn.Module):

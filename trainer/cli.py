@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import typer
 
 from core.net import free_port
+from trainer.lifetime import children, die_with_parent
 
 
 def train_command(
@@ -34,17 +36,26 @@ def train_command(
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "trainer.main",
         ]  # fmt: skip
-    raise typer.Exit(_run_forwarding_signals(argv, env))
+    raise typer.Exit(_run_forwarding_signals(argv, env, torchrun=nproc > 1))
 
 
-def _run_forwarding_signals(argv: list[str], env: dict[str, str]) -> int:
-    """Run the trainer (or torchrun) as a child; SIGTERM/SIGINT sent to this launcher reach it, so a
-    supervisor stopping `unirec train` gets the final checkpoint instead of an orphaned trainer."""
-    child = subprocess.Popen(argv, env=env)
+def _run_forwarding_signals(argv: list[str], env: dict[str, str], torchrun: bool) -> int:
+    """Run the trainer (or torchrun) as a child that dies with this launcher; SIGTERM/SIGINT sent to
+    the launcher reach the trainer, so a supervisor stopping `unirec train` gets the final checkpoint.
+
+    Under torchrun the signal goes to the ranks, not to torchrun: torchrun turns a signal of its own
+    into a SignalException and exits 1 even after every rank stopped cleanly, whereas ranks that exit
+    0 make it exit 0. torchrun gets its own process group for the same reason (a Ctrl-C or a `killpg`
+    of the launcher's group must not reach it); it and each rank die with their parent instead
+    (`trainer.lifetime`)."""
+    child = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent, process_group=0 if torchrun else None)
 
     def forward(signum: int, _frame: object) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
+        if child.poll() is not None:
+            return
+        for pid in (children(child.pid) if torchrun else []) or [child.pid]:  # no ranks yet: torchrun
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)

@@ -4,7 +4,8 @@ On CPU the planner may choose what fbgemm's CPU kernels support (table-wise, col
 parallel); the unified table is stored as row blocks, so table-wise placement of blocks spreads one
 logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL; the
 loop's CPU control tensors go through gloo in the same process group).
-The sparse optimiser (row-wise Adagrad) runs fused in backward; dense parameters use Adam.
+The sparse optimiser (row-wise Adagrad) runs fused in backward; dense parameters use Adam (fused),
+all-reduced by DDP across ranks (one rank: no DDP wrapper, nothing to all-reduce).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel, ShardingEnv
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan, ShardingType
@@ -93,6 +94,14 @@ def table_constraints(model: DCNModel, device: torch.device) -> dict[str, Parame
     }
 
 
+class _NoDataParallel(DataParallelWrapper):
+    """One rank: dense parameters stay unwrapped (DDP would all-reduce gradients with itself);
+    parameter and state-dict names are the same as under DDP, so checkpoints move between world sizes."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        return None
+
+
 def shard_model(
     model: DCNModel, ctx: DistContext, sparse_lr: float, dense_lr: float
 ) -> tuple[DistributedModelParallel, torch.optim.Optimizer, ShardingPlan]:
@@ -106,7 +115,10 @@ def shard_model(
         constraints=table_constraints(model, ctx.device),
     )
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=sharders)
+    wrapper = _NoDataParallel() if ctx.world_size == 1 else None
+    dmp = DistributedModelParallel(
+        model, device=ctx.device, plan=plan, sharders=sharders, data_parallel_wrapper=wrapper
+    )
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    dense_opt = torch.optim.Adam(dense.values(), lr=dense_lr)
+    dense_opt = torch.optim.Adam(dense.values(), lr=dense_lr, fused=True)  # one fused update of every parameter
     return dmp, dense_opt, plan

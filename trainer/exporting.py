@@ -96,8 +96,7 @@ class ExportScheduler:
         """Mark the logical rows of the unified table a batch updates (from `UnifiedEmbedding.rows`)."""
         if self.unified is None:
             return
-        block = torch.div(rows, self.unified.block_rows, rounding_mode="floor")
-        local = rows - block * self.unified.block_rows
+        block, local = self.unified.locate(rows)
         for b in torch.unique(block).tolist():
             key = f"sparse.ebc.embedding_bags.{UnifiedEmbedding.table_name(b)}.weight"
             self.touched[key][local[block == b]] = 1

@@ -3,8 +3,15 @@
 A background thread polls the rank's partitions (p % world_size == rank), decodes (JSON or msgpack,
 by the `content-type` header) and validates events with msgspec, sends malformed ones to the
 dead-letter topic (with the reason and the source partition/offset in headers), cuts batches by
-size or max wait, featurizes them, and hands them to the training loop through a bounded queue,
-so Kafka and decoding overlap the training step.
+size or max wait, featurizes them, runs the trainer's `prepare` (the unified table's hashing and
+routing) and hands them to the training loop through a bounded queue, so Kafka, decoding and
+featurization overlap the training step.
+
+Bulk: a poll's JSON records of one partition are decoded in one msgspec call (their payloads joined
+as one JSON array; any failure falls back to decoding them one by one, which decides what is dead-
+lettered), each batch is featurized in one call (`Featurizer`, column-wise). The numpy and torch
+work of featurizing and routing releases the GIL; what is left to Python is kafka-python's record
+parsing and one pass over the records.
 Each batch carries the next offset of every assigned partition after it: the loop stores those in
 checkpoints, which is what makes resume exact.
 """
@@ -14,16 +21,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
-import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from core.logs import get_logger, log_event
 from embedding.events import Event, FeatureBatch, Featurizer
-from embedding.wire import decode_message
+from embedding.wire import content_type_of, decode_message, encoding_for
 from trainer.errors import TrainerError
 from trainer.telemetry import TrainerMetrics
 
@@ -38,6 +46,8 @@ class Batch:
     offsets: dict[int, int]
     """partition -> next offset to read after this batch (covers dead-lettered records too)."""
     created: float = field(default_factory=time.monotonic)
+    prepared: Any = None
+    """What the trainer's `prepare` made of `features` in the ingest thread (None: nothing)."""
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -59,6 +69,9 @@ class KafkaIngest:
         start_offsets: dict[int, int] | None,
         start_from: str = "earliest",
         topic_wait_s: float = 60.0,
+        prepare: Callable[[FeatureBatch], Any] | None = None,
+        fetch_max_wait_ms: int = 50,
+        max_poll_records: int | None = None,
     ) -> None:
         self.topic = topic
         self.dlq_topic = dlq_topic
@@ -66,6 +79,7 @@ class KafkaIngest:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
+        self.prepare = prepare
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=prefetch_batches)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -73,8 +87,9 @@ class KafkaIngest:
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
-            max_poll_records=max(batch_size * 4, 500),
-            fetch_max_wait_ms=50,
+            max_poll_records=max_poll_records or max(batch_size * 2, 2000),
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_partition_fetch_bytes=8 << 20,
             client_id=f"unirec-trainer-{rank}",
         )
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, client_id=f"unirec-dlq-{rank}")
@@ -145,9 +160,8 @@ class KafkaIngest:
         while not self._stop.is_set():
             polled = self.consumer.poll(timeout_ms=50)
             for tp, records in polled.items():
-                for record in records:
+                for record, event in zip(records, self._decode_all(records), strict=True):
                     self._position[tp.partition] = record.offset + 1
-                    event = self._decode(record)
                     if event is None:
                         continue
                     if not pending:
@@ -179,16 +193,31 @@ class KafkaIngest:
         else:
             self.drained.clear()
 
+    def _decode_all(self, records: list[ConsumerRecord]) -> list[Event | None]:
+        """Events of `records` in order (None where dead-lettered): JSON ones in one msgspec call."""
+        if len(records) > 1 and all(_is_json(r) for r in records):
+            try:
+                events = _json_array_decoder.decode(b"[" + b",".join(r.value for r in records) + b"]")
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass  # some record is bad: decode one by one, which dead-letters exactly those
+            else:
+                if len(events) == len(records):
+                    return [self._labelled(e, r) for e, r in zip(events, records, strict=True)]
+        return [self._decode(record) for record in records]
+
+    def _labelled(self, event: Event, record: ConsumerRecord) -> Event | None:
+        if event.label is None:
+            self._dead_letter(record, "missing_label", "training events need a label (0 or 1)")
+            return None
+        return event
+
     def _decode(self, record: ConsumerRecord) -> Event | None:
         try:
             event = decode_message(record.value, record.headers)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             self._dead_letter(record, "invalid_event", str(exc))
             return None
-        if event.label is None:
-            self._dead_letter(record, "missing_label", "training events need a label (0 or 1)")
-            return None
-        return event
+        return self._labelled(event, record)
 
     def _dead_letter(self, record: ConsumerRecord, reason: str, detail: str) -> None:
         headers = [
@@ -216,8 +245,9 @@ class KafkaIngest:
         batch = Batch(
             features=features,
             event_ids=[e.event_id for e in events],
-            max_ts_ms=int(np.max([e.ts for e in events])),
+            max_ts_ms=max(e.ts for e in events),
             offsets=dict(self._position),
+            prepared=self.prepare(features) if self.prepare is not None else None,
         )
         while not self._stop.is_set():
             try:
@@ -237,3 +267,23 @@ class KafkaIngest:
             else:
                 kept.append(event)
         return kept
+
+
+_json_array_decoder = msgspec.json.Decoder(list[Event])
+_JSON_TYPES: dict[bytes | None, bool] = {}
+
+
+def _is_json(record: ConsumerRecord) -> bool:
+    """Whether a record is a JSON payload (bytes) by its content-type header (cached per header value)."""
+    if not isinstance(record.value, bytes):
+        return False
+    content_type = content_type_of(record.headers)
+    known = _JSON_TYPES.get(content_type)
+    if known is None:
+        try:
+            known = encoding_for(content_type) == "json"
+        except ValueError:
+            known = False
+        if len(_JSON_TYPES) < 64:
+            _JSON_TYPES[content_type] = known
+    return known

@@ -4,9 +4,13 @@ maybe checkpoint / export -> metrics. One loop, one file, no callback framework.
 Run: `unirec train` (one rank) or `torchrun --nproc_per_node N -m trainer.main`.
 
 Ranks step in lockstep (DistributedModelParallel's collectives need it): every iteration they agree,
-with two tiny all-reduces, on how many events they hold, whether to stop, checkpoint or export.
-Batches are padded to `batch_size` with empty, zero-weight examples, so a rank without data still
-takes part in the collective step without changing the model.
+with one tiny MAX all-reduce, on the largest batch any rank holds, whether to stop, checkpoint or
+export. Every rank pads its batch to that largest size with empty, zero-weight examples, so a rank
+without data still takes part in the collective step without changing the model (one rank: no
+padding at all).
+
+The unified table's hashing and routing (`UnifiedEmbedding.prepare`) run once per batch, in the
+ingest thread; the training thread gets the routed batch and the rows it touches.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from core.logs import get_logger, log_event
 from embedding.events import FeatureBatch, Featurizer
 from embedding.export import ExportMeta
 from embedding.methods import UnifiedEmbedding
+from embedding.methods.unified import Routed
 from embedding.model import build_model
 from embedding.schema import FeatureSchema, load_schema
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -34,32 +39,42 @@ from trainer.distributed import DistContext, init_distributed, shard_model
 from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
 from trainer.ingest import Batch, KafkaIngest
-from trainer.progressive import ProgressiveMetrics
+from trainer.progressive import REDUCE_EVERY_STEPS, ProgressiveMetrics
 from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
 
 log = get_logger("trainer")
 
+_GAUGE_EVERY_S = 0.5
+"""Loss and progressive AUC/log-loss gauges are refreshed at most this often (and at every stop)."""
 
-def pad_batch(features: FeatureBatch, size: int) -> tuple[KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad to `size` examples with empty bags, zero dense features, label 0 and weight 0."""
+
+def pad_batch(
+    features: FeatureBatch, size: int, sparse: KeyedJaggedTensor | None = None
+) -> tuple[KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad to `size` examples with empty bags, zero dense features, label 0 and weight 0.
+
+    `sparse`: the batch's KJT as the model consumes it (e.g. routed), default `features.sparse`;
+    it must have `len(features)` examples per key."""
     n = len(features)
     if n > size:
         raise TrainerError(f"batch of {n} events exceeds batch_size {size}")
-    kjt = features.sparse
-    keys = kjt.keys()
-    lengths = kjt.lengths().view(len(keys), n)
-    padded_lengths = torch.zeros(len(keys), size, dtype=lengths.dtype)
-    padded_lengths[:, :n] = lengths
-    sparse = KeyedJaggedTensor(keys=keys, values=kjt.values(), lengths=padded_lengths.reshape(-1))
-    dense = torch.zeros(size, features.dense.shape[1])
-    dense[:n] = features.dense
+    kjt = features.sparse if sparse is None else sparse
     labels = torch.zeros(size)
     if features.labels is not None:
         labels[:n] = features.labels
     weights = torch.zeros(size)
     weights[:n] = 1.0
-    return sparse, dense, labels, weights
+    if n == size:
+        return kjt, features.dense, labels, weights
+    keys = kjt.keys()
+    lengths = kjt.lengths().view(len(keys), n)
+    padded_lengths = torch.zeros(len(keys), size, dtype=lengths.dtype)
+    padded_lengths[:, :n] = lengths
+    padded = KeyedJaggedTensor(keys=keys, values=kjt.values(), lengths=padded_lengths.reshape(-1))
+    dense = torch.zeros(size, features.dense.shape[1])
+    dense[:n] = features.dense
+    return padded, dense, labels, weights
 
 
 class Trainer:
@@ -98,6 +113,8 @@ class Trainer:
         self._stop_requested = False
         self._empty = self.featurizer([])
         self._predictions: Any = None
+        self._gauges_at = 0.0
+        self._last_loss: torch.Tensor | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -121,6 +138,9 @@ class Trainer:
                 metrics=self.metrics,
                 start_offsets=resumed.offsets if resumed else None,
                 start_from=s.start_from,
+                prepare=self.prepare,
+                fetch_max_wait_ms=s.fetch_max_wait_ms,
+                max_poll_records=s.max_poll_records,
             )
             stack.callback(self.ingest.stop)
             self.offsets = self.ingest.positions()
@@ -134,7 +154,9 @@ class Trainer:
             stack.callback(self._close_churn)
             self.ingest.start()
             self._loop()
+            self._refresh_gauges()
             self._checkpoint()  # a clean stop always leaves a final checkpoint
+        self.progressive.reduce()
         seconds = time.monotonic() - self.first_batch_at if self.first_batch_at else 0.0
         rate = self.events / seconds if seconds else 0.0
         log_event(log, "stopped", rank=self.ctx.rank, step=self.step, events=self.events,
@@ -173,9 +195,9 @@ class Trainer:
             n_local = len(batch) if batch is not None else 0
             leader_flags = [clock.due(self.events), *self.exports.decide()] if self.ctx.is_leader else [False] * 3
             agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
-            n_total, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
-            if n_total:
-                self.train_batch(batch)
+            n_max, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
+            if n_max:
+                self.train_batch(batch, size=n_max)
                 idle_since = None
             elif s.stop_at_end and all_drained:
                 idle_since = idle_since or time.monotonic()
@@ -196,20 +218,34 @@ class Trainer:
                           **{k: round(v, 4) for k, v in self.progressive.snapshot().items()})  # fmt: skip
 
     def _agree(self, n_local: int, stop: bool, drained: bool, leader: list[bool]) -> tuple[int, bool, bool, list[bool]]:
-        """One SUM and one MAX all-reduce: events held, stop requested, drained everywhere, leader's decisions."""
-        count = torch.tensor([n_local, int(drained)], dtype=torch.int64)
-        flags = torch.tensor([int(stop), *map(int, leader)], dtype=torch.int64)
-        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        """One MAX all-reduce: the largest batch held, stop requested, drained everywhere (no rank
+        not drained), the leader's decisions (the other ranks send zeros)."""
+        if self.ctx.world_size == 1:
+            return n_local, stop, drained, list(leader)
+        flags = torch.tensor([n_local, int(not drained), int(stop), *map(int, leader)], dtype=torch.int64)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return int(count[0]), bool(flags[0]), int(count[1]) == self.ctx.world_size, [bool(f) for f in flags[1:]]
+        n_max, not_drained, stop_any, *decisions = flags.tolist()
+        return n_max, bool(stop_any), not not_drained, [bool(f) for f in decisions]
 
-    def train_batch(self, batch: Batch | None) -> None:
-        """One collective step on this rank's batch (None: an all-padding batch)."""
+    def prepare(self, features: FeatureBatch) -> Routed | None:
+        """The model's input for a batch, computed once (in the ingest thread): the unified table's
+        routed KJT and rows; None for other methods (the model hashes the fingerprints itself)."""
+        if self.unified is None or not len(features):
+            return None
+        return self.unified.prepare(features.sparse)
+
+    def train_batch(self, batch: Batch | None, size: int | None = None) -> None:
+        """One collective step on this rank's batch (None: an all-padding batch), padded to `size`
+        examples (default: the batch's own size, at least 1)."""
         if self.first_batch_at is None and batch is not None:
             self.first_batch_at = time.monotonic()
         features = batch.features if batch is not None else self._empty
-        sparse, dense, labels, weights = pad_batch(features, self.settings.batch_size)
-        self._track(batch)
+        routed = None
+        if batch is not None and len(batch):
+            routed = batch.prepared if batch.prepared is not None else self.prepare(features)
+        size = size or max(len(features), 1)
+        sparse, dense, labels, weights = pad_batch(features, size, routed.kjt if routed is not None else None)
+        self._track(batch, routed)
         logits = self.model(sparse.to(self.ctx.device), dense.to(self.ctx.device))
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, labels.to(self.ctx.device), reduction="none"
@@ -220,6 +256,8 @@ class Trainer:
         loss.backward()
         self.dense_opt.step()
         self.step += 1
+        if self.step % REDUCE_EVERY_STEPS == 0:  # every rank is at this step: figures over all ranks
+            self.progressive.reduce()
         if batch is None or n == 0:
             return
         scores = torch.sigmoid(logits[:n].detach()).cpu().numpy()
@@ -228,21 +266,20 @@ class Trainer:
         self.events += n
         self.watermark_ms = max(self.watermark_ms, batch.max_ts_ms)
         self.offsets.update(batch.offsets)
-        self._observe(loss.item(), n)
+        self._observe(loss.detach(), n)
         if self._predictions is not None:
             rows = zip(batch.event_ids, scores, truth, strict=True)
             self._predictions.write("".join(f"{self.step}\t{e}\t{p:.6f}\t{int(y)}\n" for e, p, y in rows))
 
-    def _track(self, batch: Batch | None) -> None:
+    def _track(self, batch: Batch | None, routed: Routed | None) -> None:
         """Rows for the next delta export, and the vocabulary churn of the batch."""
         if batch is None or not len(batch):
             return
         sparse = batch.features.sparse
         rows = None
-        if self.unified is not None:
-            rows, lengths = self.unified.rows(sparse)
-            self.exports.mark(rows)
-            rows = rows_of(self.schema, rows, lengths)
+        if routed is not None:
+            self.exports.mark(routed.rows)
+            rows = rows_of(self.schema, routed.rows, routed.lengths)
         if self.churn_enabled:
             try:
                 self.churn.observe(fingerprints_of(sparse), batch.max_ts_ms, rows, step=self.step)
@@ -256,17 +293,25 @@ class Trainer:
         except Exception:
             log.exception("churn tracker failed to close")
 
-    def _observe(self, loss: float, n: int) -> None:
+    def _observe(self, loss: torch.Tensor, n: int) -> None:
         m = self.metrics
         m.events.inc(n)
         m.batches.inc()
-        m.loss.set(loss)
+        m.watermark.set(self.watermark_ms / 1000.0)
+        self._last_loss = loss
+        if time.monotonic() - self._gauges_at >= _GAUGE_EVERY_S:  # AUCs sort the recent window: not every batch
+            self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        m = self.metrics
+        self._gauges_at = time.monotonic()
+        if self._last_loss is not None:
+            m.loss.set(self._last_loss.item())
         snap = self.progressive
         m.auc("cumulative").set(snap.cumulative_auc())
         m.auc("recent").set(snap.recent_auc())
         m.logloss("cumulative").set(snap.cumulative_logloss())
         m.logloss("recent").set(snap.recent_logloss())
-        m.watermark.set(self.watermark_ms / 1000.0)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _global_offsets(self) -> dict[int, int]:
@@ -285,6 +330,7 @@ class Trainer:
         return self.events_base + int(events), int(watermark)
 
     def _export(self, full: bool) -> None:
+        self.progressive.reduce()
         offsets = self._global_offsets()
         events, watermark = self._global_counters()
         snapshot = {k: v for k, v in self.progressive.snapshot().items() if v == v}  # drop NaN

@@ -5,14 +5,18 @@ All configuration comes from the environment (UNIREC_*, UNIREC_TRAINER_*); see t
 
 from __future__ import annotations
 
+import os
 import sys
 
 from core.logs import configure_logging
+from trainer.lifetime import die_with_parent
 from trainer.loop import train
 from trainer.settings import TrainerSettings
 
 
 def main() -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank: die with torchrun
+        die_with_parent()
     settings = TrainerSettings()
     configure_logging(settings.log_level, json_lines=True)
     return train(settings)

@@ -1,17 +1,37 @@
-"""Progressive validation: every batch is scored before it is trained on.
+"""Progressive validation: every batch is scored before it is trained on; figures over all ranks.
 
-Cumulative AUC uses a fixed histogram of scores (4096 bins: exact up to ties within a bin, constant
-memory for an endless stream); the recent window keeps the last `window` (score, label) pairs and
-computes the exact rank AUC.
+Cumulative AUC and log loss are a torchmetrics `Metric` (`ScoreHistogram`): per rank a histogram of
+scores per class in 10,000 bins plus the log-loss sum, all reduced by sum across ranks by
+torchmetrics' own sync. Memory is constant for an endless stream; the binned AUC counts a positive
+and a negative in the same 1e-4-wide bin as a tie, so it differs from the exact AUC by at most half
+the share of positive-negative pairs that share a bin (below 1e-4 for scores spread over [0, 1]).
+The recent window keeps this rank's last `window / world_size` (score, label) pairs; a reduce
+gathers them from every rank (uneven sizes allowed) and computes the exact rank AUC over the last
+`window` events of the job.
+
+Why not torchmetrics' `BinaryAUROC(thresholds=10_000)` as is: its update compares every score with
+every threshold, 261 ms per 256-event batch here (20 ms with 4,096 thresholds) against 0.2 ms for
+the histogram; and its exact AUROC computes in float32 (2e-8 off the float64 rank AUC below).
+
+`reduce()` is a collective: every rank calls it at the same step (the loop does so every
+`REDUCE_EVERY_STEPS` steps, before an export and at the end). Between reduces, a multi-rank job
+reports the last reduced figures; one rank computes them on demand.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from torchmetrics import Metric
+from torchmetrics.utilities.compute import _auc_compute_without_check
+from torchmetrics.utilities.distributed import gather_all_tensors
 
-_BINS = 4096
+BINS = 10_000
+REDUCE_EVERY_STEPS = 20
 _EPS = 1e-7
 
 
@@ -37,58 +57,123 @@ def log_loss(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
+class ScoreHistogram(Metric):
+    """Binned AUC and mean log loss; state reduced by sum across ranks."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, bins: int = BINS) -> None:
+        super().__init__()
+        self.bins = bins
+        self.add_state("pos", torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("neg", torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("loss_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        scores = scores.double()
+        positive = labels > 0.5
+        index = (scores * self.bins).long().clamp_(0, self.bins - 1)
+        self.pos += torch.bincount(index[positive], minlength=self.bins)
+        self.neg += torch.bincount(index[~positive], minlength=self.bins)
+        p = scores.clamp(_EPS, 1 - _EPS)
+        self.loss_sum += -(labels * p.log() + (1 - labels) * (1 - p).log()).sum()
+        self.count += scores.numel()
+
+    def compute(self) -> dict[str, float]:
+        return self.local()
+
+    def local(self) -> dict[str, float]:
+        """The figures of the state as it is (no sync)."""
+        n_pos, n_neg = float(self.pos.sum()), float(self.neg.sum())
+        auc = float("nan")
+        if n_pos and n_neg:
+            # ROC points from the highest bin down: (false, true) positive rates at each bin edge
+            tpr = torch.cat([torch.zeros(1, dtype=torch.float64), self.pos.flip(0).cumsum(0) / n_pos])
+            fpr = torch.cat([torch.zeros(1, dtype=torch.float64), self.neg.flip(0).cumsum(0) / n_neg])
+            auc = float(_auc_compute_without_check(fpr, tpr, 1.0))
+        count = float(self.count)
+        return {"auc": auc, "logloss": float(self.loss_sum) / count if count else float("nan"), "count": count}
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class ProgressiveMetrics:
     def __init__(self, window: int = 5000) -> None:
-        self._pos = np.zeros(_BINS, dtype=np.int64)
-        self._neg = np.zeros(_BINS, dtype=np.int64)
-        self._loss_sum = 0.0
+        self.window = window
         self.count = 0
+        """Events scored on this rank."""
+        self._cumulative = ScoreHistogram()
         self._recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
         self._recent_n = 0
-        self.window = window
+        self._reduced: dict[str, float] | None = None
+        self._local: tuple[int, dict[str, float]] | None = None
+
+    @property
+    def _keep(self) -> int:
+        return math.ceil(self.window / _world())
 
     def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
         scores = np.asarray(scores, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.float64)
-        bins = np.minimum((scores * _BINS).astype(np.int64), _BINS - 1)
-        self._pos += np.bincount(bins[labels > 0.5], minlength=_BINS)
-        self._neg += np.bincount(bins[labels <= 0.5], minlength=_BINS)
-        self._loss_sum += log_loss(scores, labels) * scores.size
+        self._cumulative.update(torch.from_numpy(scores), torch.from_numpy(labels))
         self.count += scores.size
         self._recent.append((scores, labels))
         self._recent_n += scores.size
-        while self._recent_n - self._recent[0][0].size >= self.window:
+        while self._recent_n - self._recent[0][0].size >= self._keep:
             self._recent_n -= self._recent.popleft()[0].size
-
-    def cumulative_auc(self) -> float:
-        n_pos, n_neg = self._pos.sum(), self._neg.sum()
-        if n_pos == 0 or n_neg == 0:
-            return float("nan")
-        neg_below = np.cumsum(self._neg) - self._neg
-        return float((self._pos * (neg_below + 0.5 * self._neg)).sum() / (n_pos * n_neg))
-
-    def cumulative_logloss(self) -> float:
-        return self._loss_sum / self.count if self.count else float("nan")
 
     def _recent_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._recent:
             return np.empty(0), np.empty(0)
-        scores = np.concatenate([s for s, _ in self._recent])[-self.window :]
-        labels = np.concatenate([y for _, y in self._recent])[-self.window :]
+        scores = np.concatenate([s for s, _ in self._recent])[-self._keep :]
+        labels = np.concatenate([y for _, y in self._recent])[-self._keep :]
         return scores, labels
 
-    def recent_auc(self) -> float:
-        return rank_auc(*self._recent_arrays())
+    def _figures(self, scores: np.ndarray, labels: np.ndarray, cumulative: dict[str, float]) -> dict[str, float]:
+        return {
+            "scored": cumulative["count"],
+            "auc_cumulative": cumulative["auc"],
+            "auc_recent": rank_auc(scores, labels),
+            "logloss_cumulative": cumulative["logloss"],
+            "logloss_recent": log_loss(scores, labels) if scores.size else float("nan"),
+        }
 
-    def recent_logloss(self) -> float:
+    def reduce(self) -> dict[str, float]:
+        """The figures over every rank (a collective: all ranks call it at the same step)."""
         scores, labels = self._recent_arrays()
-        return log_loss(scores, labels) if scores.size else float("nan")
+        if _world() > 1:
+            local = torch.from_numpy(np.stack([scores, labels]).T.copy())  # [n, 2]
+            gathered = torch.cat(gather_all_tensors(local)).numpy()
+            scores, labels = gathered[:, 0], gathered[:, 1]
+        if _world() > 1:
+            with self._cumulative.sync_context():  # torchmetrics' sum over ranks, undone on exit
+                cumulative = self._cumulative.local()
+        else:
+            cumulative = self._cumulative.local()
+        self._reduced = self._figures(scores, labels, cumulative)
+        return self._reduced
 
     def snapshot(self) -> dict[str, float]:
-        return {
-            "scored": float(self.count),
-            "auc_cumulative": self.cumulative_auc(),
-            "auc_recent": self.recent_auc(),
-            "logloss_cumulative": self.cumulative_logloss(),
-            "logloss_recent": self.recent_logloss(),
-        }
+        """This rank's figures when it trains alone; else those of the last `reduce()`."""
+        if _world() == 1:
+            if self._local is None or self._local[0] != self.count:
+                self._local = (self.count, self._figures(*self._recent_arrays(), self._cumulative.local()))
+            return self._local[1]
+        return self._reduced or self._figures(np.empty(0), np.empty(0), {"count": 0.0, "auc": math.nan,
+                                                                         "logloss": math.nan})  # fmt: skip
+
+    def cumulative_auc(self) -> float:
+        return self.snapshot()["auc_cumulative"]
+
+    def cumulative_logloss(self) -> float:
+        return self.snapshot()["logloss_cumulative"]
+
+    def recent_auc(self) -> float:
+        return self.snapshot()["auc_recent"]
+
+    def recent_logloss(self) -> float:
+        return self.snapshot()["logloss_recent"]

@@ -49,6 +49,10 @@ class TrainerSettings(CommonSettings):
     sparse_lr: float = Field(0.1, gt=0)
     dense_lr: float = Field(2e-3, gt=0)
     prefetch_batches: int = Field(8, ge=1)
+    fetch_max_wait_ms: int = Field(50, ge=0)
+    """kafka-python `fetch_max_wait_ms`: how long the broker may hold a fetch for data to arrive."""
+    max_poll_records: int = Field(0, ge=0)
+    """Records per poll (0: max(2 * batch_size, 2000))."""
 
     # checkpoints and exports
     checkpoint_dir: Path | None = None

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from embedding.errors import ArtifactError
-from embedding.export.artifact import StoreSource, read_full, read_manifest
+from embedding.export.sources import StoreSource, read_manifest
 from registry.notify import Notification, Publisher
 from registry.settings import RegistrySettings
 from registry.store import ModelStore, open_store
@@ -79,7 +79,12 @@ def show(
         raise typer.Exit(1)
     try:
         source = StoreSource(model_store, version)
-        manifest = read_full(source).manifest if verify else read_manifest(source)
+        if verify:
+            from embedding.export.artifact import read_full  # torch: only to check the tensors
+
+            manifest = read_full(source).manifest
+        else:
+            manifest = read_manifest(source)
     except ArtifactError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc

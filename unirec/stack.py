@@ -5,7 +5,9 @@ the inference service, each a managed background process with a PID file and a l
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -103,14 +105,47 @@ class Stack:
                 stopped.append(server.kind)
         return stopped
 
+    def restart(self, name: str) -> None:
+        """Start component `name` again (the trainer resumes from its last checkpoint)."""
+        self.processes[name].spawn(self.commands()[name], self._env())
+
     def check_alive(self) -> None:
         """Raise with the log tail of a component that died."""
         for name, process in self.processes.items():
             if process.pid() is None:
                 raise InfraError(f"{name} is not running; last log lines ({process.log_file}): {process.log_tail(8)}")
 
+    def supervise(self) -> Check:
+        """Which components were stopped from outside (`unirec down` removes their PID files) and which
+        died on their own (a PID file whose process is gone); the remains of a dead one's process
+        group are killed, so it can be restarted at once. Raises when the broker or Redis is gone."""
+        check = Check()
+        for name, process in self.processes.items():
+            try:
+                pid = int(process.pid_file.read_text().strip())
+            except (FileNotFoundError, ValueError):
+                check.stopped.append(name)
+                continue
+            if process.pid() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                check.died.append(name)
+        if check.stopped:
+            return check
+        for server in local_servers(self.settings.kafka_bootstrap, self.settings.redis_url, self.settings.home):
+            if server.pid() is None:
+                raise InfraError(f"{server.kind} is not running; last log lines ({server.log_file}): "
+                                 f"{server.process.log_tail(8)}")  # fmt: skip
+        return check
+
     def status(self) -> StackStatus:
         return StackStatus.read(self)
+
+
+@dataclass
+class Check:
+    stopped: list[str] = field(default_factory=list)
+    died: list[str] = field(default_factory=list)
 
 
 @dataclass

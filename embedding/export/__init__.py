@@ -1,36 +1,54 @@
 """Export: collapse factorised layers, quantise tables row-wise, build checksummed artifacts and
-deltas in memory (see docs/artifacts.md); `registry.exporter` writes and announces them."""
+deltas in memory (see docs/artifacts.md); `registry.exporter` writes and announces them.
 
-from embedding.export.artifact import (
-    DeltaArtifact,
-    DirSource,
-    FullArtifact,
-    StoreSource,
-    apply_delta_tensors,
-    read_delta,
-    read_full,
-    read_manifest,
-)
-from embedding.export.build import ExportState, delta_artifact, find_tables, full_artifact, prepare
-from embedding.export.manifest import FORMAT_VERSION, DeltaManifest, ExportMeta, Manifest, TableEntry
-from embedding.export.quantize import QUANTIZATIONS, Quantization, dequantize_rows, quantize_rows
+Names are imported on first use (PEP 562): reading manifests needs no torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DeltaArtifact": "embedding.export.artifact",
+    "DirSource": "embedding.export.sources",
+    "FullArtifact": "embedding.export.artifact",
+    "StoreSource": "embedding.export.sources",
+    "apply_delta_tensors": "embedding.export.artifact",
+    "read_delta": "embedding.export.artifact",
+    "read_full": "embedding.export.artifact",
+    "read_manifest": "embedding.export.sources",
+    "ExportState": "embedding.export.build",
+    "delta_artifact": "embedding.export.build",
+    "find_tables": "embedding.export.build",
+    "full_artifact": "embedding.export.build",
+    "prepare": "embedding.export.build",
+    "FORMAT_VERSION": "embedding.export.manifest",
+    "DeltaManifest": "embedding.export.manifest",
+    "ExportMeta": "embedding.export.manifest",
+    "Manifest": "embedding.export.manifest",
+    "TableEntry": "embedding.export.manifest",
+    "QUANTIZATIONS": "embedding.export.manifest",
+    "Quantization": "embedding.export.manifest",
+    "dequantize_rows": "embedding.export.quantize",
+    "quantize_rows": "embedding.export.quantize",
+}
 
 __all__ = [
-    "FORMAT_VERSION",
-    "QUANTIZATIONS",
     "DeltaArtifact",
     "DeltaManifest",
     "DirSource",
     "ExportMeta",
     "ExportState",
+    "FORMAT_VERSION",
     "FullArtifact",
     "Manifest",
+    "QUANTIZATIONS",
     "Quantization",
     "StoreSource",
     "TableEntry",
     "apply_delta_tensors",
-    "dequantize_rows",
     "delta_artifact",
+    "dequantize_rows",
     "find_tables",
     "full_artifact",
     "prepare",
@@ -39,3 +57,27 @@ __all__ = [
     "read_full",
     "read_manifest",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'embedding.export' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from embedding.export.artifact import DeltaArtifact, FullArtifact, apply_delta_tensors, read_delta, read_full
+    from embedding.export.build import ExportState, delta_artifact, find_tables, full_artifact, prepare
+    from embedding.export.manifest import (
+        FORMAT_VERSION,
+        QUANTIZATIONS,
+        DeltaManifest,
+        ExportMeta,
+        Manifest,
+        Quantization,
+        TableEntry,
+    )
+    from embedding.export.quantize import dequantize_rows, quantize_rows
+    from embedding.export.sources import DirSource, StoreSource, read_manifest

@@ -7,11 +7,9 @@ manifest checksum -> JSON -> format version -> kind -> manifest fields -> method
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import torch
@@ -24,7 +22,6 @@ from embedding.errors import ArtifactError
 from embedding.export.manifest import (
     DELTA,
     DELTA_SUM,
-    FORMAT_VERSION,
     MANIFEST,
     MANIFEST_SUM,
     PARAMS,
@@ -36,11 +33,10 @@ from embedding.export.manifest import (
     Manifest,
 )
 from embedding.export.quantize import stored_dtype, stored_shape
+from embedding.export.sources import DirSource, Source, StoreSource, read_manifest, sha256  # noqa: F401  (re-exported)
+from embedding.export.sources import fail as _fail
+from embedding.export.sources import read_manifest_doc as _read_manifest_doc
 from embedding.schema import FeatureSchema
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def entry(data: bytes) -> FileEntry:
@@ -49,44 +45,6 @@ def entry(data: bytes) -> FileEntry:
 
 def save_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
-
-
-class Source(Protocol):
-    """Where an artifact's files come from: a store version/delta or a directory."""
-
-    label: str
-
-    def read(self, name: str) -> bytes: ...
-
-
-@dataclass
-class DirSource:
-    path: Path
-
-    @property
-    def label(self) -> str:
-        return str(self.path)
-
-    def read(self, name: str) -> bytes:
-        try:
-            return (self.path / name).read_bytes()
-        except FileNotFoundError:
-            raise ArtifactError(f"{self.path / name}: file missing (check: presence)") from None
-
-
-@dataclass
-class StoreSource:
-    store: Any
-    version: str
-    seq: int | None = None
-
-    @property
-    def label(self) -> str:
-        where = self.version if self.seq is None else f"{self.version}/deltas/{self.seq}"
-        return f"{self.store.uri}/{where}"
-
-    def read(self, name: str) -> bytes:
-        return self.store.read(self.version, name, self.seq)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,32 +68,6 @@ def delta_files(
 
 # ---------------------------------------------------------------------------------------------------
 # reading
-
-
-def _fail(source: Source, name: str, check: str, detail: str) -> ArtifactError:
-    return ArtifactError(f"{source.label}/{name}: {detail} (check: {check})")
-
-
-def _read_manifest_doc(source: Source, name: str, sum_name: str, kind: str) -> dict[str, Any]:
-    expected = source.read(sum_name).decode(errors="replace").strip()
-    raw = source.read(name)
-    actual = sha256(raw)
-    if actual != expected:
-        raise _fail(
-            source, name, "manifest sha256", f"sha256 {actual[:16]}... differs from {sum_name} {expected[:16]}..."
-        )
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _fail(source, name, "json", f"not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise _fail(source, name, "json", "not a JSON object")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise _fail(source, name, "format version", f"format_version {version!r}; this reader knows {FORMAT_VERSION}")
-    if doc.get("kind") != kind:
-        raise _fail(source, name, "kind", f"kind {doc.get('kind')!r}, expected {kind!r}")
-    return doc
 
 
 def _check_method(source: Source, name: str, method: str) -> None:
@@ -187,15 +119,6 @@ class DeltaArtifact:
     rows: dict[str, tuple[torch.Tensor, torch.Tensor]]
     """Table key -> (int64 row ids, stored rows)."""
     params: dict[str, torch.Tensor]
-
-
-def read_manifest(source: Source) -> Manifest:
-    """Only the manifest of a full artifact (its checksum, format version and fields checked)."""
-    doc = _read_manifest_doc(source, MANIFEST, MANIFEST_SUM, "full")
-    try:
-        return Manifest.model_validate(doc)
-    except ValidationError as exc:
-        raise _fail(source, MANIFEST, "manifest fields", str(exc)) from exc
 
 
 def read_full(source: Source, expected_schema: FeatureSchema | None = None) -> FullArtifact:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedding.export.quantize import Quantization
-from embedding.model import ModelConfig
+from embedding.config import ModelConfig
+
+Quantization = Literal["int8", "int4", "fp16", "fp32"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 FORMAT_VERSION = 1
 """Bumped on any change a reader of the previous format would misread."""

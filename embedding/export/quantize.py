@@ -15,13 +15,10 @@ in a delta is bitwise the row a later full export writes for the same weights.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
 import torch
 
-Quantization = Literal["int8", "int4", "fp16", "fp32"]
-QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+from embedding.export.manifest import QUANTIZATIONS, Quantization
 
 
 def check_quantization(quantization: str, dim: int | None = None) -> Quantization:

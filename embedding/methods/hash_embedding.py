@@ -12,8 +12,10 @@ weights are learned, so the model can tell colliding values apart by their weigh
 
 Both tables are TorchRec tables: E is read with a weighted EBC (per-sample weights = p), P with
 unpooled per-value lookups, so gradients reach E, P and through the weights. TorchRec's sharding
-(fbgemm TBE) needs table widths divisible by 4, so P is `importance_dim(k)` = k rounded up to a
-multiple of 4 wide and only its first k columns are used (the padding counts in the parameters).
+(fbgemm TBE) needs table widths divisible by 4, so the M2 x k importance table is stored packed,
+row-major, in `importance_dim(k)`-wide rows (`importance_storage_rows`): weight j of importance row
+r is element r*k + j of the flattened storage. Its parameters are M2 * k plus the padding of the
+last stored row, not M2 * 4 (for k = 2) as a table padded to 4 columns would hold.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ from embedding.schema import FeatureSchema
 
 
 def importance_dim(num_hashes: int) -> int:
-    """Width of the importance table: num_hashes rounded up to fbgemm's multiple of 4."""
+    """Width of the stored importance rows: num_hashes rounded up to fbgemm's multiple of 4."""
     return -(-num_hashes // 4) * 4
+
+
+def importance_storage_rows(rows: int, num_hashes: int) -> int:
+    """Stored rows holding `rows` logical importance rows of `num_hashes` weights, packed."""
+    return -(-rows * num_hashes // importance_dim(num_hashes))
+
+
+def importance_parameters(rows: int, num_hashes: int) -> int:
+    """Parameters of a packed importance table of `rows` x `num_hashes` weights."""
+    return importance_storage_rows(rows, num_hashes) * importance_dim(num_hashes)
 
 
 @register
@@ -77,7 +89,7 @@ class HashEmbedding(EmbeddingMethod):
             imp_tables = [
                 table(
                     "multihash_importance",
-                    int(importance_rows),
+                    importance_storage_rows(int(importance_rows), num_hashes),
                     width_p,
                     [f"{k}:imp" for k in key_names],
                     importance_std,
@@ -100,7 +112,7 @@ class HashEmbedding(EmbeddingMethod):
             imp_tables = [
                 table(
                     f"multihash_importance_{n}",
-                    self.importance_rows[n],
+                    importance_storage_rows(self.importance_rows[n], num_hashes),
                     width_p,
                     [f"{self._key_name((n, 0))}:imp"],
                     importance_std,
@@ -139,6 +151,13 @@ class HashEmbedding(EmbeddingMethod):
         out["num_rows" if self.multiplexed else "rows"] = self.num_rows
         return out
 
+    def importance_weights(self, keys: list[str], rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[n, k] importance weights of logical importance rows, read from the packed storage."""
+        k, width = self.num_hashes, importance_dim(self.num_hashes)
+        flat = [(r.unsqueeze(1) * k + torch.arange(k, device=r.device)).reshape(-1) for r in rows]  # [n*k]
+        stored = lookup_per_value(self.importance, keys, [torch.div(f, width, rounding_mode="floor") for f in flat])
+        return [s.gather(1, (f % width).unsqueeze(1)).view(-1, k) for s, f in zip(stored, flat, strict=True)]
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         bags = jagged(features, self.schema)
         key_names = [self._key_name(k) for k in self._keys]
@@ -148,12 +167,12 @@ class HashEmbedding(EmbeddingMethod):
             imp_idx.append(h0(values))
             rows.append(torch.stack([h(values) for h in hs], dim=1).reshape(-1))  # value-major, k per value
             lengths.append(bags[name].lengths() * self.num_hashes)
-        weights = lookup_per_value(self.importance, [f"{k}:imp" for k in key_names], imp_idx)
+        weights = self.importance_weights([f"{k}:imp" for k in key_names], imp_idx)
         kjt = KeyedJaggedTensor(
             keys=key_names,
             values=torch.cat(rows),
             lengths=torch.cat(lengths),
-            weights=torch.cat([w[:, : self.num_hashes].reshape(-1) for w in weights]),
+            weights=torch.cat([w.reshape(-1) for w in weights]),
         )
         pooled = self.ebc(kjt).to_dict()
         chunks = [pooled[k] for k in key_names]

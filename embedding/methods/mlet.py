@@ -5,14 +5,20 @@ export, so serving size and speed are those of the plain method.
 `MLETEmbedding` wraps a table-based method (`unified`, `hashing_trick`, `collisionless`): the
 inner method is built on the schema with embedding_dim = k, and since pooling is linear the
 projection is applied after pooling, per lookup chunk (unified: one k x d map shared by all
-features, as there is one table; per-feature methods: one map per feature's table). The paper's
-extra-layer initialisation is Gaussian with std 0.25 (DLRM) to 0.5 (other models): too small
-and the MLET enhancement vanishes. `collapse()` returns the wrapped method's own class with the
-collapsed weights (hashes, vocabularies and config unchanged), which reproduces this forward.
+features, as there is one table; per-feature methods: one map per feature's table).
+
+Initialisation as in the paper (App., "Initialization strategy"): the inner table W2 is Xavier
+(Glorot) uniform, bound sqrt(6 / (n + k)) with n the logical table's rows (all blocks of a unified
+table together), and the projection W1 is Gaussian with std `init_std`, 0.5 by default, the
+paper's value for every model but DLRM (0.25 there): too small and the MLET enhancement vanishes.
+
+`collapse()` returns the wrapped method's own class with the collapsed
+weights (hashes, vocabularies and config unchanged), which reproduces this forward.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -20,9 +26,20 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from embedding.methods.base import EmbeddingMethod, build_method, register
+from embedding.methods.unified import UnifiedEmbedding
 from embedding.schema import FeatureSchema
 
 SUPPORTED = ("unified", "hashing_trick", "collisionless")
+
+
+@torch.no_grad()
+def xavier_base_(inner: EmbeddingMethod, inner_dim: int) -> None:
+    """Xavier-uniform init of every table of `inner`, fan-in/out = (logical rows, inner_dim)."""
+    ebc = inner.ebc  # type: ignore[union-attr]
+    for cfg in ebc.embedding_bag_configs():
+        rows = inner.num_rows if isinstance(inner, UnifiedEmbedding) else cfg.num_embeddings
+        bound = math.sqrt(6.0 / (rows + inner_dim))
+        ebc.embedding_bags[cfg.name].weight.uniform_(-bound, bound)
 
 
 @register
@@ -35,7 +52,7 @@ class MLETEmbedding(EmbeddingMethod):
         inner: str,
         inner_args: dict[str, Any],
         inner_dim: int,
-        init_std: float = 0.25,
+        init_std: float = 0.5,
         device: str = "cpu",
     ) -> None:
         super().__init__(schema)
@@ -47,6 +64,7 @@ class MLETEmbedding(EmbeddingMethod):
         self.inner_name, self.inner_dim, self.init_std = inner, inner_dim, init_std
         self.inner_schema = schema.model_copy(update={"embedding_dim": inner_dim})
         self.inner = build_method(inner, self.inner_schema, device=device, **inner_args)
+        xavier_base_(self.inner, inner_dim)
         if inner == "unified":
             shapes = [(inner_dim, d)]
         else:

@@ -1,18 +1,29 @@
 """ROBE-Z (Desai et al., "Random Offset Block Embedding array"), with HashedNet/ROBE-1 (Z = 1) and
-ROBE-D (Z = the feature's width) as special cases.
+ROBE-D (Z = the feature's width) as special cases, and Z > width by clubbing embeddings.
 
 All embeddings are read out of a circular parameter array M. A feature's embedding of width D is
-split into chunks of Z elements; chunk c of value x of table e starts at
+split into chunks of Z elements; chunk c of value x starts at
 
-    h(e, x, c) = ((A*e + B*x + C*c + D0) mod P) mod |M|,   P = 2^61 - 1,
+    h_c(x) = ((A_c*x + B_c) mod P) mod |M|,   P = 2^61 - 1,
 
-and element i = c*Z + o is M[(h(e, x, c) + o) mod |M|] (wrap-around at the end of the array),
-multiplied by the optional sign g(e, x, i) = 2*(((A'*e + B'*x + C'*i + D') mod P) mod 2) - 1.
+and element i = c*Z + o is M[(h_c(x) + o) mod |M|] (wrap-around at the end of the array),
+multiplied by the optional sign g_i(x) = 2*(((A'_i*x + B'_i) mod P) mod 2) - 1. Every chunk c
+and every element i draws its own (A, B) from (method, seed, table, c or i), so chunk positions
+and signs are independent across chunks, as the paper's analysis (and HashedNet) assume: two
+values that collide in one chunk share any other chunk with probability 1/|M| only. (Hash
+version 2; version 1 added C*c to one affine hash, which moved all chunks of two colliding values
+together, so it was not HashedNet. Configs record `hash_version`; only 2 is built.)
+
+Z > D (Sec. 3.3, "clubbing multiple embeddings together in a chunk"; needs Z a multiple of D):
+r = Z / D values share one block of Z elements. A value's fingerprint is mapped onto [0, P)
+(u = 2-universal, injective below P), its group u // r picks the block h_0(u // r) and its slot
+u mod r the D-element sub-block, so the r values of a group never overlap each other.
+
 The gather is one vectorised index op, so autograd sums the (signed) gradients of every element
 that reads M[j] back into M[j], as the paper's backward pass does.
 
-- multiplexed (the ROBE paper's own layout): one array for all features; e is the feature's seed
-  group index (features of one group share embeddings).
+- multiplexed (the ROBE paper's own layout): one array for all features; a feature's hashes are
+  drawn per seed group (the paper's table id e; features of one group share embeddings).
 - non-multiplexed (the unified-embedding paper's baseline): each feature owns a segment of the
   array sized by its vocabulary share (`sizes`), and wraps around inside its segment.
 """
@@ -20,65 +31,66 @@ that reads M[j] back into M[j], as the paper's backward pass does.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from embedding.hashing import (
     MERSENNE_61,
+    UniversalHash,
     derive_seed,
     mod_mersenne61,
     mod_mersenne61_u64,
     mul_mod_mersenne61,
-    splitmix64,
 )
 from embedding.methods._ops import allocate, jagged, mean_pool_fix, pool
 from embedding.methods.base import EmbeddingMethod, register
 from embedding.schema import FeatureSchema
 
-_M64 = (1 << 64) - 1
+HASH_VERSION = 2
 
 
-def hash_coefficients(seed: int) -> tuple[int, int, int, int]:
-    """(A, B, C, D): A, B, C in [1, P), D in [0, P), drawn from `seed`."""
-    draws = splitmix64(np.array([(seed + i) & _M64 for i in range(4)], dtype=np.uint64)).tolist()
-    a, b, c = (1 + v % (MERSENNE_61 - 1) for v in draws[:3])
-    return a, b, c, draws[3] % MERSENNE_61
-
-
-def _affine(x: torch.Tensor, coef: tuple[int, int, int, int], e: int, steps: int) -> torch.Tensor:
-    """((A*e + B*x + C*s + D) mod P) for s in [0, steps): shape [n, steps]."""
-    a, b, c, d = coef
-    bx = mul_mod_mersenne61(mod_mersenne61_u64(x), b)  # [n], < P
-    const = torch.tensor([(a * e + c * s + d) % MERSENNE_61 for s in range(steps)], dtype=torch.int64, device=x.device)
-    return mod_mersenne61(bx.unsqueeze(1) + const.unsqueeze(0))  # both < 2^61: sum < 2^62
+def hash_columns(values: torch.Tensor, hashes: Sequence[UniversalHash]) -> torch.Tensor:
+    """[n, len(hashes)]: column j is hashes[j](values), all columns in one vectorised pass (the
+    same arithmetic as `UniversalHash.__call__`, with per-column coefficients)."""
+    if len({h.m for h in hashes}) != 1:
+        raise ValueError(f"hash_columns needs one range for all hashes, got {sorted({h.m for h in hashes})}")
+    a = torch.tensor([h.a for h in hashes], dtype=torch.int64, device=values.device)
+    b = torch.tensor([h.b for h in hashes], dtype=torch.int64, device=values.device)
+    x = mod_mersenne61_u64(values).unsqueeze(1)
+    return mod_mersenne61(mul_mod_mersenne61(x, a) + b) % hashes[0].m  # type: ignore[arg-type]
 
 
 def robe_reference(
-    x: int, e: int, width: int, block: int, size: int, coef_h: tuple[int, ...], coef_g: tuple[int, ...] | None
+    x: int,
+    width: int,
+    block: int,
+    size: int,
+    chunk: Sequence[UniversalHash],
+    sign: Sequence[UniversalHash] | None,
+    club: UniversalHash | None = None,
 ) -> tuple[list[int], list[int]]:
     """Slow Python-int reference: (array index, sign) of each element of value x's embedding."""
-    a, b, c, d = coef_h
-    idx, sign = [], []
-    for i in range(width):
-        chunk, offset = divmod(i, block)
-        start = ((a * e + b * (x & _M64) + c * chunk + d) % MERSENNE_61) % size
-        idx.append((start + offset) % size)
-        if coef_g is None:
-            sign.append(1)
-        else:
-            ga, gb, gc, gd = coef_g
-            sign.append(2 * (((ga * e + gb * (x & _M64) + gc * i + gd) % MERSENNE_61) % 2) - 1)
-    return idx, sign
+    idx = []
+    if block > width:
+        assert club is not None
+        u = club.reference(x)
+        start = chunk[0].reference(u // (block // width))
+        idx = [(start + (u % (block // width)) * width + i) % size for i in range(width)]
+    else:
+        idx = [(chunk[i // block].reference(x) + i % block) % size for i in range(width)]
+    signs = [1] * width if sign is None else [2 * g.reference(x) - 1 for g in sign]
+    return idx, signs
 
 
 @register
 class RobeEmbedding(EmbeddingMethod):
     """`size` = |M| (multiplexed) or `sizes` per feature (non-multiplexed; or `size` split by
-    vocabulary share). `block` = Z, clipped to each feature's width (block >= width is ROBE-D)."""
+    vocabulary share). `block` = Z: below a feature's width ROBE-Z chunks, equal ROBE-D, above it
+    (a multiple of the width) clubbed embeddings."""
 
     method = "robe"
 
@@ -92,11 +104,24 @@ class RobeEmbedding(EmbeddingMethod):
         signed: bool = True,
         seed: int = 0,
         init_std: float = 0.01,
+        hash_version: int = HASH_VERSION,
         device: str = "cpu",
     ) -> None:
         super().__init__(schema)
+        if hash_version != HASH_VERSION:
+            raise ValueError(
+                f"ROBE hash_version {hash_version} is not supported (only {HASH_VERSION}: independent chunk "
+                "and sign hashes); version 1 moved colliding chunks together, retrain such a model"
+            )
         if block < 1:
             raise ValueError(f"block size Z must be >= 1, got {block}")
+        for spec in schema.sparse:
+            width = schema.width(spec.name)
+            if block > width and block % width:
+                raise ValueError(
+                    f"block size Z={block} exceeds feature {spec.name!r}'s width {width} but is not a multiple "
+                    "of it (Z > D clubs Z / D embeddings per block)"
+                )
         self.block = block
         self.multiplexed = multiplexed
         self.signed = signed
@@ -123,18 +148,22 @@ class RobeEmbedding(EmbeddingMethod):
         if min(self.sizes.values()) < 1:
             raise ValueError(f"every ROBE array needs >= 1 element; got sizes={self.sizes}")
         self.weight = nn.Parameter(torch.empty(total, device=torch.device(device)).normal_(0.0, init_std))
-        groups = sorted({s.group for s in schema.sparse})
-        self._table_ids = {s.name: (groups.index(s.group) if multiplexed else i) for i, s in enumerate(schema.sparse)}
-        self._coef = {n: self.coefficients(n) for n in names}
+        self._hashes = {n: self.hashes(n) for n in names}
 
-    def coefficients(self, feature: str) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
-        """(h coefficients, g coefficients or None) of a feature."""
+    def hashes(self, feature: str) -> tuple[list[UniversalHash], list[UniversalHash] | None, UniversalHash | None]:
+        """(chunk hashes h_c onto the feature's array, sign hashes g_i onto {0, 1} or None, the club
+        hash onto [0, P) when Z > width or None) of a feature."""
         tag = self.schema.feature(feature).group if self.multiplexed else feature
-        coef_g = hash_coefficients(derive_seed(self.method, self.seed, tag, "g")) if self.signed else None
-        return hash_coefficients(derive_seed(self.method, self.seed, tag, "h")), coef_g
+        width, size = self.schema.width(feature), self.sizes[feature]
+        chunks = 1 if self.block >= width else math.ceil(width / self.block)
 
-    def table_id(self, feature: str) -> int:
-        return self._table_ids[feature]
+        def draw(kind: str, i: int, m: int) -> UniversalHash:
+            return UniversalHash.from_seed(derive_seed(self.method, self.seed, tag, kind, i), m)
+
+        chunk = [draw("h", c, size) for c in range(chunks)]
+        sign = [draw("g", i, 2) for i in range(width)] if self.signed else None
+        club = draw("club", 0, MERSENNE_61) if self.block > width else None
+        return chunk, sign, club
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -143,6 +172,7 @@ class RobeEmbedding(EmbeddingMethod):
             "signed": self.signed,
             "seed": self.seed,
             "init_std": self.init_std,
+            "hash_version": HASH_VERSION,
         }
         if self.multiplexed:
             out["size"] = self.weight.numel()
@@ -152,18 +182,22 @@ class RobeEmbedding(EmbeddingMethod):
 
     def indices(self, feature: str, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Array positions [n, width] (global, into `weight`) and signs [n, width] (or None)."""
-        width = self.schema.width(feature)
-        z = min(self.block, width)
-        chunks = math.ceil(width / z)
-        size, e = self.sizes[feature], self._table_ids[feature]
-        coef_h, coef_g = self._coef[feature]
-        start = _affine(values, coef_h, e, chunks) % size  # [n, chunks]
-        offset = torch.arange(width, device=values.device) % z
-        idx = (start.repeat_interleave(z, dim=1)[:, :width] + offset) % size + self._offsets[feature]
+        width, size = self.schema.width(feature), self.sizes[feature]
+        chunk, sign_hashes, club = self._hashes[feature]
+        lane = torch.arange(width, device=values.device)
+        if club is not None:  # Z > width: r values per block, each in its own slot
+            r = self.block // width
+            u = club(values)
+            start = chunk[0](torch.div(u, r, rounding_mode="floor")).unsqueeze(1) + (u % r).unsqueeze(1) * width
+            idx = (start + lane) % size
+        else:
+            z = min(self.block, width)
+            starts = hash_columns(values, chunk)  # [n, chunks]
+            idx = (starts.repeat_interleave(z, dim=1)[:, :width] + lane % z) % size
         sign = None
-        if coef_g is not None:
-            sign = (_affine(values, coef_g, e, width) & 1).to(self.weight.dtype) * 2 - 1
-        return idx, sign
+        if sign_hashes is not None:
+            sign = hash_columns(values, sign_hashes).to(self.weight.dtype) * 2 - 1
+        return idx + self._offsets[feature], sign
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         bags = jagged(features, self.schema)

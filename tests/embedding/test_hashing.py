@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,3 +101,57 @@ def test_distinct_ints_never_share_a_fingerprint() -> None:
     fp = fingerprint(np.arange(-50_000, 50_000), "int")
     assert np.unique(fp).size == fp.size
     assert fingerprint([7], "int")[0] == fingerprint(["7"], "int")[0]
+
+
+# -- the bulk implementation: bit-identical to the Python-int reference and to the torch limbs ------
+
+GOLDEN = [  # rows of the hash as exported models and the serving side compute them (before the numpy rewrite)
+    (4753154669963246476, 100_000, [96567, 86301, 24705, 24705, 55836, 55503, 65769, 3802]),
+    (6683197496052203566, 2_600_000, [496096, 2112635, 2093722, 2093722, 1010877, 256203, 1239664, 1100638]),
+]
+GOLDEN_X = [0, 1, -1, 7, 2**40, -(2**63), 2**63 - 1, 123456789012345]
+
+
+def test_rows_are_the_ones_exported_models_were_trained_with() -> None:
+    assert derive_seed("unified", 0, "user", 0) == GOLDEN[0][0]
+    for seed, m, rows in GOLDEN:
+        h = UniversalHash.from_seed(seed, m)
+        assert h(torch.tensor(GOLDEN_X)).tolist() == rows
+        assert h.rows(np.array(GOLDEN_X, dtype=np.int64)).tolist() == rows
+        assert embedding.hashing._torch_rows(torch.tensor(GOLDEN_X), h.a, h.b, h.m).tolist() == rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    xs=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=20),
+    seed=st.integers(0, 2**64 - 1),
+    m=st.integers(1, 2**40),
+)
+def test_numpy_and_torch_limbs_match_the_reference(xs: list[int], seed: int, m: int) -> None:
+    h = UniversalHash.from_seed(seed, m)
+    want = [h.reference(x) for x in xs]
+    assert embedding.hashing.universal_rows(np.array(xs, dtype=np.int64), h.a, h.b, h.m).tolist() == want
+    assert embedding.hashing._torch_rows(torch.tensor(xs, dtype=torch.int64), h.a, h.b, h.m).tolist() == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.data(),
+    seeds=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=6),
+    same_m=st.booleans(),
+)
+def test_hash_bank_applies_each_hash_to_its_segment(data: st.DataObject, seeds: list[int], same_m: bool) -> None:
+    ms = [1_000_003] * len(seeds) if same_m else data.draw(st.lists(st.integers(1, 2**40), min_size=len(seeds),
+                                                                   max_size=len(seeds)))  # fmt: skip
+    hashes = [UniversalHash.from_seed(s, m) for s, m in zip(seeds, ms, strict=True)]
+    segments = [data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8)) for _ in hashes]
+    bank = embedding.hashing.HashBank(hashes)
+    values = np.array([x for seg in segments for x in seg], dtype=np.int64)
+    got = bank(values, [len(seg) for seg in segments]).tolist()
+    assert got == [h.reference(x) for h, seg in zip(hashes, segments, strict=True) for x in seg]
+
+
+def test_hash_bank_rejects_counts_of_the_wrong_length() -> None:
+    bank = embedding.hashing.HashBank([UniversalHash.from_seed(1, 10)])
+    with pytest.raises(ValueError, match="counts"):
+        bank(np.zeros(2, dtype=np.int64), [1, 1])

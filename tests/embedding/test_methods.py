@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from embedding.methods import Collisionless, EmbeddingMethod, build_method, method_names
+from embedding.methods import Collisionless, CompositionalEmbedding, EmbeddingMethod, build_method, method_names
 from embedding.methods.compositional import component_widths
-from embedding.methods.hash_embedding import importance_dim
+from embedding.methods.hash_embedding import importance_parameters
 from embedding.schema import FeatureSchema
 
 D = 4
@@ -23,14 +23,19 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "hash_embedding_mux": ("hash_embedding", {"num_rows": 101, "importance_rows": 17, "multiplexed": True}),
     "hashednet": ("robe", {"size": 301, "block": 1, "multiplexed": False}),
     "robe_mux": ("robe", {"size": 301, "block": 3, "multiplexed": True}),
-    "robe_d": ("robe", {"size": 301, "block": 64, "signed": False}),
+    "robe_d": ("robe", {"size": 301, "block": 4, "signed": False}),
+    "robe_club": ("robe", {"size": 301, "block": 16}),
     "qr_mult": ("compositional", {"moduli": [7, 5], "operation": "mult"}),
     "crt_add": ("compositional", {"moduli": [7, 5, 3], "partition": "crt", "operation": "add"}),
     "pq": ("compositional", {"moduli": [7, 5, 4], "operation": "concat"}),
     "path": ("compositional", {"moduli": [7, 3], "operation": "path"}),
+    "path_mlp": ("compositional", {"moduli": [7, 3], "operation": "path", "path_hidden": 8}),
     "qr_mux": ("compositional", {"moduli": [11, 9], "operation": "mult", "multiplexed": True}),
     "pq_mux": ("compositional", {"moduli": [11, 9], "operation": "concat", "multiplexed": True}),
-    "qr_frequent": ("compositional", {"moduli": [7, 5], "frequent": {"user": 3}}),
+    "qr_vocab": (
+        "compositional",
+        {"moduli": {"user": [7, 5], "item": [6, 6], "tags": [4, 2], "city": [3], "home_city": [5]}},
+    ),
     "mlet_unified": ("mlet", {"inner": "unified", "inner_args": {"num_rows": 53, "num_blocks": 2}, "inner_dim": 8}),
     "mlet_hashing": ("mlet", {"inner": "hashing_trick", "inner_args": {"num_rows": 100}, "inner_dim": 6}),
     "managed_collision": ("managed_collision", {"num_rows": 120, "eviction_interval": 1}),
@@ -42,8 +47,9 @@ def build(case: str, schema: FeatureSchema, kjt: KeyedJaggedTensor) -> Embedding
         return Collisionless.fit(schema, [kjt])
     method, args = CASES[case]
     module = build_method(method, schema, **args)
-    if case == "qr_frequent":  # two of the batch's users are frequent
-        module.set_frequent({"user": [*kjt["user"].values()[:2].tolist(), 12345]})
+    if case == "qr_vocab":  # the batch's users and items enumerated; city and home_city full tables
+        vocab = {n: torch.unique(kjt[n].values()) for n in ("user", "item", "city")}
+        return CompositionalEmbedding.from_vocabulary(schema, vocab, **args)
     return module
 
 
@@ -58,24 +64,24 @@ def expected_parameters(module: EmbeddingMethod, schema: FeatureSchema) -> int:
         case "collisionless":
             return sum((cfg["vocab_sizes"][n] + 1) * w for n, w in widths.items())
         case "hash_embedding":
-            k = importance_dim(cfg["num_hashes"])  # padded to fbgemm's multiple of 4
+            k = cfg["num_hashes"]  # packed: rows x k weights, padded to a multiple of 4 in all
             if cfg["multiplexed"]:
-                return cfg["num_rows"] * d + cfg["importance_rows"] * k
-            return sum(cfg["rows"][n] * w + cfg["importance_rows"][n] * k for n, w in widths.items())
+                return cfg["num_rows"] * d + importance_parameters(cfg["importance_rows"], k)
+            return sum(
+                cfg["rows"][n] * w + importance_parameters(cfg["importance_rows"][n], k) for n, w in widths.items()
+            )
         case "robe":
             return cfg["size"] if cfg["multiplexed"] else sum(cfg["sizes"].values())
         case "compositional":
-            op = cfg["operation"]
+            op, hidden = cfg["operation"], cfg.get("path_hidden", 0)
             if cfg["multiplexed"]:
-                return sum(
-                    m * w for m, w in zip(cfg["moduli"], component_widths(d, len(cfg["moduli"]), op), strict=True)
-                )
-            comp = sum(
+                cws = component_widths(d, len(cfg["moduli"]), op, hidden)
+                return sum(m * w for m, w in zip(cfg["moduli"], cws, strict=True))
+            return sum(
                 m * cw
                 for n, w in widths.items()
-                for m, cw in zip(cfg["moduli"][n], component_widths(w, len(cfg["moduli"][n]), op), strict=True)
+                for m, cw in zip(cfg["moduli"][n], component_widths(w, len(cfg["moduli"][n]), op, hidden), strict=True)
             )
-            return comp + sum(cfg["frequent"].get(n, 0) * w for n, w in widths.items())
         case "mlet":
             k, inner = cfg["inner_dim"], cfg["inner_args"]
             if cfg["inner"] == "unified":
@@ -162,5 +168,7 @@ def test_managed_collision_admits_ids_after_eviction(schema: FeatureSchema, kjt:
 def test_component_widths_cover_the_feature() -> None:
     assert component_widths(7, 3, "concat") == [3, 2, 2]
     assert component_widths(16, 3, "concat") == [8, 4, 4], "multiples of 4 where the width allows"
-    assert component_widths(4, 2, "path") == [4, 16]
+    assert component_widths(4, 2, "path") == [4, 4 * 4 + 4], "an affine map: A and b"
+    assert component_widths(4, 2, "path", 8) == [4, 4 * 8 + 8 + 8 * 4 + 4], "an MLP: A1, b1, A2, b2"
+    assert component_widths(4, 1, "path") == [4], "one modulus: a full table"
     assert component_widths(4, 3, "mult") == [4, 4, 4]

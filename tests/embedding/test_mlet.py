@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -53,3 +54,28 @@ def test_collapse_keeps_the_collisionless_vocabulary(schema: FeatureSchema, kjt:
 def test_inner_dimension_below_d_is_rejected(schema: FeatureSchema) -> None:
     with pytest.raises(ValueError, match="inner dimension"):
         MLETEmbedding(schema, "unified", {"num_rows": 10}, inner_dim=2)
+
+
+@pytest.mark.parametrize("inner", ["unified", "hashing_trick"])
+def test_base_table_is_xavier_and_projection_std_is_the_papers(inner: str, schema: FeatureSchema) -> None:
+    """Xavier-uniform inner tables, bound sqrt(6 / (n + k)) over the logical table's n rows (all blocks
+    of a unified table); projection N(0, 0.5) by default, configurable (0.25 for DLRM)."""
+    rows = 3000 if inner == "unified" else None
+    args: dict[str, Any] = (
+        {"num_rows": 3000, "num_blocks": 3}
+        if inner == "unified"
+        else {"rows": dict.fromkeys(schema.sparse_names, 2000)}
+    )
+    torch.manual_seed(0)
+    k = 32
+    module = MLETEmbedding(schema, inner, args, inner_dim=k)
+    for cfg in module.inner.ebc.embedding_bag_configs():  # type: ignore[union-attr]
+        weight = module.inner.ebc.embedding_bags[cfg.name].weight  # type: ignore[union-attr]
+        bound = math.sqrt(6 / ((rows or cfg.num_embeddings) + k))
+        assert weight.abs().max() <= bound
+        assert abs(weight.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+    projections = torch.cat([p.reshape(-1) for p in module.projections])
+    assert abs(projections.std().item() - 0.5) < 0.05
+    dlrm = MLETEmbedding(schema, inner, args, inner_dim=k, init_std=0.25)
+    assert abs(torch.cat([p.reshape(-1) for p in dlrm.projections]).std().item() - 0.25) < 0.03
+    assert module.config()["init_std"] == 0.5

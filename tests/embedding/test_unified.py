@@ -3,10 +3,16 @@ storage but never the function."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from embedding.methods import UnifiedEmbedding
+from embedding.methods.unified import block_sizes
 from embedding.schema import FeatureSchema, SparseFeature
 
 
@@ -59,12 +65,12 @@ def test_any_number_of_blocks_gives_the_same_output_and_gradients(
     torch.manual_seed(0)
     one = UnifiedEmbedding(schema, num_rows=101, num_blocks=1)
     logical = one.ebc.embedding_bags[one.table_name(0)].weight.detach()
-    for blocks in (2, 3, 7, 101):
+    for blocks in (2, 3, 7, 26, 101):  # 101 rows in 26 blocks: 4 each would leave the last ones empty
         many = UnifiedEmbedding(schema, num_rows=101, num_blocks=blocks)
         with torch.no_grad():
             for b in range(blocks):
                 w = many.ebc.embedding_bags[many.table_name(b)].weight
-                w.copy_(logical[b * many.block_rows : b * many.block_rows + w.shape[0]])
+                w.copy_(logical[many.starts[b] : many.starts[b] + w.shape[0]])
         out_many, out_one = many(kjt).values(), one(kjt).values()
         torch.testing.assert_close(out_many, out_one, rtol=1e-6, atol=1e-7)
         grad = torch.randn_like(out_one)
@@ -73,3 +79,75 @@ def test_any_number_of_blocks_gives_the_same_output_and_gradients(
         out_one.backward(grad)
         grads = torch.cat([many.ebc.embedding_bags[many.table_name(b)].weight.grad for b in range(blocks)])
         torch.testing.assert_close(grads, one.ebc.embedding_bags[one.table_name(0)].weight.grad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_every_block_holds_rows_and_locate_finds_them(data: st.DataObject) -> None:
+    num_rows = data.draw(st.integers(1, 200))
+    num_blocks = data.draw(st.integers(1, num_rows))
+    sizes = block_sizes(num_rows, num_blocks)
+    assert len(sizes) == num_blocks and sum(sizes) == num_rows and min(sizes) >= 1
+    per = math.ceil(num_rows / num_blocks)
+    if per * (num_blocks - 1) < num_rows:  # the layout trained models use is kept where it exists
+        assert sizes[:-1] == [per] * (num_blocks - 1)
+    else:
+        assert max(sizes) - min(sizes) == 1
+    schema = FeatureSchema(name="one", embedding_dim=4, sparse=(SparseFeature(name="a"),))
+    module = UnifiedEmbedding(schema, num_rows=num_rows, num_blocks=num_blocks)
+    rows = torch.arange(num_rows)
+    block, local = module.locate(rows)
+    starts = torch.tensor(module.starts)
+    assert torch.equal(starts[block] + local, rows) and (local >= 0).all()
+    assert (local < torch.tensor(sizes)[block]).all()
+
+
+def test_nine_rows_in_four_blocks_work_and_match_one_block(schema: FeatureSchema, kjt: KeyedJaggedTensor) -> None:
+    torch.manual_seed(0)
+    one = UnifiedEmbedding(schema, num_rows=9, num_blocks=1)
+    four = UnifiedEmbedding(schema, num_rows=9, num_blocks=4)
+    assert four.sizes == [3, 2, 2, 2]
+    with torch.no_grad():
+        logical = one.ebc.embedding_bags[one.table_name(0)].weight
+        for b, start in enumerate(four.starts):
+            w = four.ebc.embedding_bags[four.table_name(b)].weight
+            w.copy_(logical[start : start + w.shape[0]])
+    torch.testing.assert_close(four(kjt).values(), one(kjt).values())
+    with pytest.raises(ValueError, match="use locate"):
+        _ = four.block_rows
+
+
+def _reference_rows(module: UnifiedEmbedding, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows by the Python-int reference of each (feature, lookup) hash, key-major."""
+    values, lengths = [], []
+    for (name, _), h in zip(module._keys, module.hashes, strict=True):
+        bag = kjt[name]
+        values += [h.reference(int(x)) for x in bag.values()]
+        lengths.append(bag.lengths())
+    return torch.tensor(values, dtype=torch.int64), torch.cat(lengths)
+
+
+def test_rows_hash_every_lookup_in_one_call_like_the_reference(schema: FeatureSchema, kjt: KeyedJaggedTensor) -> None:
+    module = UnifiedEmbedding(schema, num_rows=1009, num_blocks=3)
+    want_rows, want_lengths = _reference_rows(module, kjt)
+    rows, lengths = module.rows(kjt)
+    assert torch.equal(rows, want_rows) and torch.equal(lengths, want_lengths)
+    # keys in another order (and the torch path's per-key loop) give the same rows
+    permuted = kjt.permute([4, 2, 0, 3, 1])
+    rows2, lengths2 = module.rows(permuted)
+    assert torch.equal(rows2, want_rows) and torch.equal(lengths2, want_lengths)
+
+
+def test_prepared_batch_is_the_routed_input_and_gives_the_same_output(
+    schema: FeatureSchema, kjt: KeyedJaggedTensor
+) -> None:
+    for rows, blocks in ((101, 1), (101, 2), (101, 3), (101, 7), (9, 4)):  # 9 in 4: uneven blocks
+        module = UnifiedEmbedding(schema, num_rows=rows, num_blocks=blocks)
+        prepared = module.prepare(kjt)
+        reference = module._route_torch(*_reference_rows(module, kjt), kjt.stride())
+        assert prepared.kjt.keys() == reference.keys()
+        assert torch.equal(prepared.kjt.values(), reference.values())
+        assert torch.equal(prepared.kjt.lengths(), reference.lengths())
+        assert module.is_routed(prepared.kjt) and not module.is_routed(kjt)
+        # a routed batch skips hashing and routing; mean pooling (tags) divides by the original lengths
+        torch.testing.assert_close(module(prepared.kjt).values(), module(kjt).values(), rtol=0, atol=0)
