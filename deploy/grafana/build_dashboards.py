@@ -236,12 +236,20 @@ def serving() -> dict:
             Panel("Events per predict request", [
                 (f"histogram_quantile({q}, sum by (le) (rate(unirec_serve_batch_size_bucket{{{sel}}}[{RI}])))",
                  f"p{n}") for q, n in ((0.5, 50), (0.99, 99))]),
+            Panel("Dynamic batching: forwards/s and requests per forward", [
+                (f"sum(rate(unirec_serve_forwards_total{{{sel}}}[{RI}]))", "forwards/s"),
+                (f"sum(rate(unirec_serve_forward_requests_sum{{{sel}}}[{RI}])) / "
+                 f"sum(rate(unirec_serve_forward_requests_count{{{sel}}}[{RI}]))", "requests per forward"),
+                (f"sum(rate(unirec_serve_forward_events_sum{{{sel}}}[{RI}])) / "
+                 f"sum(rate(unirec_serve_forward_events_count{{{sel}}}[{RI}]))", "events per forward")],
+                description="Above 1 request per forward: concurrent requests were scored together."),
             Panel("Model freshness per replica", [
                 (f"max by (instance) (unirec_serve_model_age_seconds{{{sel}}})", "{{instance}}")], unit="s"),
             Panel("Model swaps and refused artifacts", [
                 (f"sum by (kind) (increase(unirec_serve_swaps_total{{{sel}}}[{RI}]))", "swap {{kind}}"),
                 (f"sum by (reason) (increase(unirec_serve_failed_loads_total{{{sel}}}[{RI}])) or on() vector(0)",
-                 "refused {{reason}}")],
+                 "refused {{reason}}"),
+                (f"count by (version) (unirec_serve_refused_version_info{{{sel}}})", "refused version {{version}}")],
                 description="A refused artifact leaves the previous model serving."),
             Panel("Unseen-ID share per feature", [
                 (f"sum by (feature) (rate(unirec_serve_unseen_ids_total{{{sel}}}[{RI}])) / "

@@ -82,7 +82,10 @@ def test_every_collective_of_a_real_run_has_a_backend_for_its_device(
     for name in COLLECTIVES:
         monkeypatch.setattr(dist, name, spy(name, getattr(dist, name)))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        # set, then delete: monkeypatch then restores the variable's absence too, so the rendezvous
+        # variables the in-process trainer writes never leak into later tests' subprocesses
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     settings = TrainerSettings(
         home=tmp_path,
         kafka_bootstrap=kafka_bootstrap,
