@@ -93,13 +93,18 @@ def step_rates(events: list, home: Path, redis_url: str, batch_size: int) -> tup
     return step, featurize
 
 
-def kafka_rate(bootstrap: str, redis_url: str, topic: str, home: Path, ranks: int) -> dict[str, float]:
-    """`unirec train` with its defaults (only the broker, topic, home, stop-at-end and no metrics port set)."""
+def kafka_rate(
+    bootstrap: str, redis_url: str, topic: str, home: Path, ranks: int, batch_size: int | None = None
+) -> dict[str, float]:
+    """`unirec train` with its defaults (only the broker, topic, home, stop-at-end and no metrics port set;
+    `batch_size` overrides the default for the sweep that chooses it)."""
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIREC_") and k not in launcher} | {
         "UNIREC_HOME": str(home), "UNIREC_KAFKA_BOOTSTRAP": bootstrap, "UNIREC_REDIS_URL": redis_url,
         "UNIREC_TRAINER_TOPIC": topic, "UNIREC_TRAINER_STOP_AT_END": "true", "UNIREC_TRAINER_METRICS_PORT": "0",
     }  # fmt: skip
+    if batch_size:
+        env["UNIREC_TRAINER_BATCH_SIZE"] = str(batch_size)
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "unirec.cli", "train", "--nproc", str(ranks)],
                          env=env, capture_output=True, text=True)  # fmt: skip
@@ -153,7 +158,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from unirec.infra import LocalServer
 
     events = _events(args.events)
-    runs: dict[str, Any] = {"peer": {}, "step": {}, "featurize": {}, "kafka_1": [], "kafka_2": [], "ceiling": []}
+    runs: dict[str, Any] = {"peer": {}, "step": {}, "featurize": {}, "kafka_1": [], "kafka_2": [], "ceiling": [],
+                            "kafka_sweep": []}  # fmt: skip
     load_before = machine_load()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -178,6 +184,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         runs[f"kafka_{ranks}"].append(
                             kafka_rate(kafka.address, redis.address, topic, root / f"k{ranks}-{r}", ranks)
                         )
+                    for b in args.kafka_batch or ():
+                        for ranks in (1, 2):
+                            rate = kafka_rate(kafka.address, redis.address, topic, root / f"s{b}-{ranks}-{r}", ranks, b)
+                            runs["kafka_sweep"].append({"batch_size": b, "ranks": ranks, **rate})
+                            print(f"sweep batch {b}, {ranks} ranks: {rate['events_per_s']:,.0f}/s", flush=True)
                     print(f"repeat {r}: ceiling {runs['ceiling'][-1]:,.0f}/s, kafka 1 rank "
                           f"{runs['kafka_1'][-1]['events_per_s']:,.0f}/s, 2 ranks "
                           f"{runs['kafka_2'][-1]['events_per_s']:,.0f}/s", flush=True)  # fmt: skip
@@ -262,6 +273,13 @@ def render(data: dict[str, Any]) -> str:
                 f"2 ranks ÷ 1 rank: {s['kafka_2_over_kafka_1']:.2f}. End-to-end rate: events trained ÷ seconds "
                 "from the first batch to the drained topic (start-up excluded).",
             ]
+        sweep = run["runs"].get("kafka_sweep") or []
+        if sweep:
+            lines += ["", "Batch-size sweep of (c) (every other setting at its default):", "",
+                      "| batch | ranks | events/s | ÷ (d) |", "|---:|---:|---:|---:|"]  # fmt: skip
+            for x in sorted(sweep, key=lambda x: (x["batch_size"], x["ranks"])):
+                lines.append(f"| {x['batch_size']} | {x['ranks']} | {_f(x['events_per_s'])} | "
+                             f"{x['events_per_s'] / s['ceiling']:.2f} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -273,6 +291,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 64, 1024, 4096")
     parser.add_argument("--label", default="after", help="name of this run in the results (e.g. before, after)")
     parser.add_argument("--no-kafka", action="store_true", help="only (a) and (b)")
+    parser.add_argument("--kafka-batch", type=int, action="append", help="also run (c) at this batch size (sweep)")
     parser.add_argument("--max-load", type=float, default=1.5, help="refuse to run above this load average")
     parser.add_argument("--dry-run", action="store_true", help="print, do not write results")
     args = parser.parse_args()
