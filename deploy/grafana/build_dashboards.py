@@ -249,7 +249,8 @@ def serving() -> dict:
                 (f"sum by (kind) (increase(unirec_serve_swaps_total{{{sel}}}[{RI}]))", "swap {{kind}}"),
                 (f"sum by (reason) (increase(unirec_serve_failed_loads_total{{{sel}}}[{RI}])) or on() vector(0)",
                  "refused {{reason}}"),
-                (f"count by (version) (unirec_serve_refused_version_info{{{sel}}})", "refused version {{version}}")],
+                (f"count by (version) (unirec_serve_refused_version_info{{{sel}}}) or on() vector(0)",
+                 "refused version {{version}}")],
                 description="A refused artifact leaves the previous model serving."),
             Panel("Unseen-ID share per feature", [
                 (f"sum by (feature) (rate(unirec_serve_unseen_ids_total{{{sel}}}[{RI}])) / "
