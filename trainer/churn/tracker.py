@@ -14,7 +14,9 @@ Hot path: per feature one vectorised hash of the IDs and a handful of sketch upd
 `sketches.WindowSketch`), one OR into a row bitmap, and no network I/O. A window closes when a batch
 of a later window arrives (windows are aligned to the epoch; a batch belongs to the window of its
 largest event time, late batches count in the open window). At close the rank's sketches go to
-Redis; the window is merged once every rank has published it (or `finalize_grace_windows` later
+an outbox that is written to Redis at most every second, in one pipeline for all windows closed
+meanwhile (a replay of old events can close a window every batch); with one rank the window is
+merged at once, with more the window is merged once every rank has published it (or `finalize_grace_windows` later
 with the parts at hand), in window order, so every rank computes the same global numbers.
 """
 
@@ -206,7 +208,9 @@ class ChurnTracker:
             self._exchange.publish_part(part, window.start + self._window_ms, with_rows=self.world_size > 1)
             if len(self._closed_starts) == self._closed_starts.maxlen:
                 self._exchange.drop_bulky_before(self._closed_starts[0])
-        self._next_poll = 0.0
+        if self.world_size == 1:  # nothing to wait for: merge now; Redis gets it at the next poll
+            while self._waiting:
+                self._finalize_head(force=False)
 
     def _progress(self) -> None:
         self._next_poll = self._clock() + min(_POLL_S, self.settings.retry_s or _POLL_S)
