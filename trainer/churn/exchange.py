@@ -164,6 +164,11 @@ class RedisExchange:
         self._enqueue(entry)
 
     @property
+    def outbox_filling(self) -> bool:
+        """Half the outbox bound reached while Redis is reachable: flush now rather than drop windows later."""
+        return self.reachable and 2 * len(self._outbox) >= self.settings.max_pending_windows
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes of keys and values in the outbox (kept as a running total: it is read on every enqueue)."""
         return self._outbox_bytes
