@@ -166,9 +166,10 @@ class ChurnTracker:
                 self._rows.touch(feature, feature_rows)
         window.step = max(window.step, step)
         window.ids += sum(int(np.size(v)) for v in fingerprints.values())
-        if self._waiting or (self._exchange and self._exchange.pending):
-            if self._clock() >= self._next_poll or (self._exchange and self._exchange.outbox_filling):
-                self._progress()
+        exchange = self._exchange
+        due = self._clock() >= self._next_poll or (exchange is not None and exchange.outbox_filling)
+        if due and (self._waiting or (exchange is not None and exchange.pending)):
+            self._progress()
 
     def _check_feature(self, feature: str, what: str) -> None:
         if feature not in self._known:
