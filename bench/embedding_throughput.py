@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from bench.report import RESULTS_DIR, machine_load, write_results
+from bench.report import RESULTS_DIR, machine_load, refuse_when_busy, write_results
 from embedding.hashing import fingerprint
 from embedding.methods import HashingTrick, RobeEmbedding, UnifiedEmbedding
 from embedding.schema import FeatureSchema, SparseFeature
@@ -188,8 +188,8 @@ def render(data: dict[str, Any]) -> str:
         f"Command: `{data['command']}`.",
         "",
         "Reading the sweep: routing splits every (lookup, example) bag over the row blocks, so the TBE sees "
-        "num_blocks x lookups x batch bags and a pooled output num_blocks times wider (summed back afterwards) "
-        "for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
+        "num_blocks x lookups x batch bags (one feature per block, one bag per lookup and example) and a pooled "
+        "output num_blocks times larger (summed back afterwards) for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
         "placement over ranks, and pay for them in bags.",
         "",
     ]
@@ -227,7 +227,11 @@ def main(
     robe_size: int = 1 << 20,
     modes: Annotated[list[str], typer.Option("--mode", help="tbe and/or dmp")] = ["tbe", "dmp"],  # noqa: B006
     out: Annotated[Path, typer.Option(help="Folder of embedding_throughput.{json,md}.")] = RESULTS_DIR,
+    max_load: Annotated[
+        float, typer.Option(help="Refuse to start, or to write results, above this one-minute load average.")
+    ] = 3.0,
 ) -> None:
+    refuse_when_busy(max_load)
     _quiet_planner()
     schema = make_schema(features, dim, vocab)
     kjt = zipf_batch(schema, batch, vocab, alpha, seed=0)
@@ -254,6 +258,7 @@ def main(
             data["sections"].append(section(f"{mode}, {n_threads} thread(s)", cases))
             console.print("\n".join(table(data["sections"][-1]["cases"])))
             del cases
+            refuse_when_busy(max_load)
             write_results(NAME, data, render, out)  # after every section: a long run keeps what it measured
         if n_threads != threads[0]:
             continue
@@ -264,8 +269,10 @@ def main(
         measure(robe, rounds, reps, warmup)
         data["sections"].append(section(f"ROBE, multiplexed array of {robe_size} floats, {n_threads} thread(s)", robe))
         console.print("\n".join(table(data["sections"][-1]["cases"])))
+        refuse_when_busy(max_load)
         write_results(NAME, data, render, out)
     data["load_after"] = list(os.getloadavg())
+    refuse_when_busy(max_load)
     console.print(f"wrote {write_results(NAME, data, render, out)}")
 
 
