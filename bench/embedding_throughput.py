@@ -189,8 +189,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         "Reading the sweep: routing splits every (lookup, example) bag over the row blocks, so the TBE sees "
         "num_blocks x lookups x batch bags (one feature per block, one bag per lookup and example) and a pooled "
-        "output num_blocks times larger (summed back afterwards) for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
-        "placement over ranks, and pay for them in bags.",
+        "output num_blocks times larger (summed back afterwards) for the same number of row reads. More blocks "
+        "buy fbgemm per-table parallelism and table-wise placement over ranks, and pay for them in bags.",
         "",
     ]
     for part in data["sections"]:
@@ -228,8 +228,9 @@ def main(
     modes: Annotated[list[str], typer.Option("--mode", help="tbe and/or dmp")] = ["tbe", "dmp"],  # noqa: B006
     out: Annotated[Path, typer.Option(help="Folder of embedding_throughput.{json,md}.")] = RESULTS_DIR,
     max_load: Annotated[
-        float, typer.Option(help="Refuse to start, or to write results, above this one-minute load average.")
-    ] = 3.0,
+        float,
+        typer.Option(help="Refuse to start or to write above this 1-min load average (the run adds its threads)."),
+    ] = 4.0,
 ) -> None:
     refuse_when_busy(max_load)
     _quiet_planner()
