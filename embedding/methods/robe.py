@@ -19,8 +19,16 @@ r = Z / D values share one block of Z elements. A value's fingerprint is mapped 
 (u = 2-universal, injective below P), its group u // r picks the block h_0(u // r) and its slot
 u mod r the D-element sub-block, so the r values of a group never overlap each other.
 
-The gather is one vectorised index op, so autograd sums the (signed) gradients of every element
-that reads M[j] back into M[j], as the paper's backward pass does.
+Storage and training: M lives in a TorchRec table of rows of `ROW_WIDTH` = 4 elements (fbgemm's
+narrowest row; element j is row j // 4, column j % 4), so the array trains like every other table:
+sparse, through fbgemm's TBE with the fused row-wise Adagrad of the trainer (the four elements of
+a row share one accumulator), sharded by the planner (table-wise on CPU ranks, row-wise on CUDA)
+and quantised and served by the same code as the other tables. Element i of a feature's pooled
+embedding is one weighted bag (weights: the signs) per column c of the rows its positions fall
+in, keys `{feature}@{i}%{c}`; column c of bag c's pooled row is the element's part, so the
+forward is exactly sum_x g_i(x) M[h(x)_i] and the backward sums the signed gradients of every
+element that reads M[j] into M[j], as the paper's backward pass does. Every bag is per example
+(batch stride), so the lookup has the same shape on every rank.
 
 - multiplexed (the ROBE paper's own layout): one array for all features; a feature's hashes are
   drawn per seed group (the paper's table id e; features of one group share embeddings).
@@ -35,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from embedding.hashing import (
@@ -46,11 +54,14 @@ from embedding.hashing import (
     mod_mersenne61_u64,
     mul_mod_mersenne61,
 )
-from embedding.methods._ops import allocate, jagged, mean_pool_fix, pool
+from embedding.methods._ops import allocate, bag_index, jagged, mean_pool_fix, table
 from embedding.methods.base import EmbeddingMethod, register
 from embedding.schema import FeatureSchema
 
 HASH_VERSION = 2
+ROW_WIDTH = 4
+"""Elements of M per table row: the narrowest row fbgemm's TBE takes (widths are multiples of 4)."""
+TABLE = "robe"
 
 
 def hash_columns(values: torch.Tensor, hashes: Sequence[UniversalHash]) -> torch.Tensor:
@@ -147,8 +158,22 @@ class RobeEmbedding(EmbeddingMethod):
                 total += self.sizes[n]
         if min(self.sizes.values()) < 1:
             raise ValueError(f"every ROBE array needs >= 1 element; got sizes={self.sizes}")
-        self.weight = nn.Parameter(torch.empty(total, device=torch.device(device)).normal_(0.0, init_std))
+        self.total = total
+        self._lanes = {n: sum(schema.width(m) for m in names[: names.index(n)]) for n in names}
+        self._n_lanes = schema.total_width
+        self._keys = [f"{n}@{i}%{c}" for n in names for i in range(schema.width(n)) for c in range(ROW_WIDTH)]
+        rows = -(-total // ROW_WIDTH)
+        self.ebc = EmbeddingBagCollection(
+            tables=[table(TABLE, rows, ROW_WIDTH, self._keys, std=init_std)],
+            is_weighted=signed,
+            device=torch.device(device),
+        )
         self._hashes = {n: self.hashes(n) for n in names}
+
+    @property
+    def array(self) -> torch.Tensor:
+        """M as a flat view of the table (its first `total` elements; the last row's tail is never read)."""
+        return self.ebc.embedding_bags[TABLE].weight.view(-1)[: self.total]
 
     def hashes(self, feature: str) -> tuple[list[UniversalHash], list[UniversalHash] | None, UniversalHash | None]:
         """(chunk hashes h_c onto the feature's array, sign hashes g_i onto {0, 1} or None, the club
@@ -175,7 +200,7 @@ class RobeEmbedding(EmbeddingMethod):
             "hash_version": HASH_VERSION,
         }
         if self.multiplexed:
-            out["size"] = self.weight.numel()
+            out["size"] = self.total
         else:
             out["sizes"] = dict(self.sizes)
         return out
@@ -196,17 +221,33 @@ class RobeEmbedding(EmbeddingMethod):
             idx = (starts.repeat_interleave(z, dim=1)[:, :width] + lane % z) % size
         sign = None
         if sign_hashes is not None:
-            sign = hash_columns(values, sign_hashes).to(self.weight.dtype) * 2 - 1
+            sign = hash_columns(values, sign_hashes).to(torch.float32) * 2 - 1
         return idx + self._offsets[feature], sign
 
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+    def route(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The table's input: per (feature, element, column) key one bag per example of the rows its
+        positions fall in, weighted by the signs (see the module doc)."""
         bags = jagged(features, self.schema)
-        per_feature = []
+        batch = features.stride()
+        slots, rows, signs = [], [], []
         for spec in self.schema.sparse:
             bag = bags[spec.name]
-            idx, sign = self.indices(spec.name, bag.values())
-            vectors = self.weight[idx]
+            idx, sign = self.indices(spec.name, bag.values())  # [n, width]
+            lane = self._lanes[spec.name] + torch.arange(idx.shape[1], device=idx.device)
+            key = (lane * ROW_WIDTH + idx % ROW_WIDTH) * batch  # [n, width]
+            slots.append((key + bag_index(bag.lengths()).unsqueeze(1)).reshape(-1))
+            rows.append(torch.div(idx, ROW_WIDTH, rounding_mode="floor").reshape(-1))
             if sign is not None:
-                vectors = vectors * sign
-            per_feature.append(pool(vectors, bag.lengths()))
-        return self.output(mean_pool_fix(self.schema, bags, per_feature))
+                signs.append(sign.reshape(-1))
+        slot = torch.cat(slots)
+        order = torch.argsort(slot, stable=True)
+        lengths = torch.bincount(slot, minlength=len(self._keys) * batch)
+        weights = torch.cat(signs)[order] if self.signed else None
+        return KeyedJaggedTensor(keys=self._keys, values=torch.cat(rows)[order], lengths=lengths, weights=weights)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        batch = features.stride()
+        pooled = self.ebc(self.route(features)).values()  # [batch, lanes * 4 columns * 4 wide]
+        lanes = pooled.view(batch, self._n_lanes, ROW_WIDTH, ROW_WIDTH).diagonal(dim1=2, dim2=3).sum(-1)
+        per_feature = list(torch.split(lanes, [self.schema.width(n) for n in self.schema.sparse_names], dim=1))
+        return self.output(mean_pool_fix(self.schema, jagged(features, self.schema), per_feature))
