@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from typer.testing import CliRunner

@@ -168,7 +168,7 @@ def report(
 @churn_app.command("lookups")
 def lookups(
     schema: str = typer.Option(..., help="The feature schema: a shipped name or a YAML path."),
-    total_width: int = typer.Option(..., min=1, help="Total embedding width per example (sum of the features' widths)."),
+    total_width: int = typer.Option(..., min=1, help="Total embedding width per example (sum of feature widths)."),
     embedding_dim: int = typer.Option(None, min=1, help="Row width d of the unified table; default the schema's."),
     max_lookups: int = typer.Option(MAX_LOOKUPS, min=1, help="Most lookups one feature may get."),
     last: int = typer.Option(5, min=1, help="Average the distinct IDs of this many latest windows."),
