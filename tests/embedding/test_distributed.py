@@ -124,7 +124,7 @@ def _robe_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         got = dmp(batch)
         want = reference(batch).values().detach()
         got.values().sum().backward()
-        touched = torch.cat([reference.route(_batch(seed=10 + r)).values() for r in range(world)]).unique()
+        touched = torch.cat([reference.route(_batch(seed=10 + r))[0].values() for r in range(world)]).unique()
         rows = reference.ebc.embedding_bags["robe"].weight.shape[0]
         untouched = torch.ones(rows, dtype=torch.bool)
         untouched[touched] = False

@@ -166,11 +166,16 @@ def test_sign_hash_is_applied_and_gradients_are_summed_with_signs() -> None:
 def test_table_lookup_equals_the_gather_of_the_paper(
     block: int, size: int, multiplexed: bool, signed: bool, seed: int
 ) -> None:
-    """The TBE form (rows of 4, one weighted bag per element and column) is sum_x g(x) * M[h(x)]."""
+    """The table form (rows of 4; a single-valued feature's element picked from its row, a multivalent
+    one's pooled per column and sign) is sum_x g(x) * M[h(x)]."""
+    schema = FeatureSchema(
+        name="robe-mv", embedding_dim=5, sparse=(SparseFeature(name="a"), SparseFeature(name="b", lookups=2,
+                                                                                          multivalent=True))
+    )  # fmt: skip
     kw = {"size": size} if multiplexed else {"sizes": {"a": size, "b": size + 3}}
-    module = RobeEmbedding(SCHEMA, block=block, multiplexed=multiplexed, signed=signed, seed=seed, **kw)
+    module = RobeEmbedding(schema, block=block, multiplexed=multiplexed, signed=signed, seed=seed, **kw)
     gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(0, 3, (8,), generator=gen)
+    lengths = torch.cat([torch.randint(0, 2, (4,), generator=gen), torch.randint(0, 4, (4,), generator=gen)])
     values = torch.randint(-(2**63), 2**63 - 1, (int(lengths.sum()),), generator=gen)
     kjt = KeyedJaggedTensor(keys=["a", "b"], values=values, lengths=lengths)
     out = module(kjt).to_dict()
@@ -183,3 +188,10 @@ def test_table_lookup_equals_the_gather_of_the_paper(
         want = torch.zeros(4, idx.shape[1]).index_add(0, torch.repeat_interleave(torch.arange(4), lens), vectors)
         torch.testing.assert_close(out[name].detach(), want)
         start += n
+
+
+def test_a_single_valued_feature_with_several_values_is_an_error() -> None:
+    module = RobeEmbedding(SCHEMA, size=50, block=2)
+    kjt = KeyedJaggedTensor(keys=["a", "b"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 0, 1, 0]))
+    with pytest.raises(ValueError, match="'a' is not multivalent but a bag holds 2 values"):
+        module(kjt)
