@@ -30,6 +30,7 @@ RENDERERS: dict[str, str] = {
     "serving": "bench.serving:render",
     "trainer_throughput": "bench.trainer_throughput:render",
     "quality_streaming": "bench.streaming:render",
+    "quality_multisize": "bench.quality_multisize:render",
     "quality_mlet_*": "bench.quality:render_mlet",
     "quality_*": "bench.quality:render",
 }
