@@ -149,7 +149,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 topic = f"bench-gpu-{time.time_ns()}"
                 replay(events, kafka.address, topic, key="user", partitions=2)
                 kb = min(KAFKA_BATCH, args.kafka_events)
-                for r in range(args.repeats):
+                for r in range(args.kafka_repeats):
                     rate = kafka_rate(kafka.address, redis.address, topic, root / f"k{r}", 1, kb)
                     runs["kafka"].append(rate)
                     runs["kafka_step"].append(step_rates(events, root / f"ks{r}", redis.address, kb, device)["step"])
@@ -178,6 +178,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "batches_per_run": args.batches,
         "repeats": args.repeats,
+        "kafka_repeats": args.kafka_repeats,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "runs": runs,
         "summary": summary,
@@ -206,7 +207,7 @@ def render(data: dict[str, Any]) -> str:
         f"Device: **{data['device']}**; torch {data['torch']} (CUDA {data['cuda']}), "
         + ", ".join(f"{k} {v}" for k, v in sorted(data["versions"].items()))
         + f"; {data['cores']} cores; {data['created']}. Medians of {data['repeats']} runs of "
-        f"{data['batches_per_run']} batches each (`bench/gpu.py`).",
+        f"{data['batches_per_run']} batches each, Kafka: {data['kafka_repeats']} runs (`bench/gpu.py`).",
         "",
         "## Training step, events/s (same device, same run)",
         "",
@@ -242,13 +243,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="timed batches per run and batch size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kafka-events", type=int, default=200_000, help="0: skip the Kafka run")
+    parser.add_argument("--kafka-repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="dry-run sizes: batches 256 and 1024, 3 batches, 1 run")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of gpu.{json,md}")
     parser.add_argument("--dry-run", action="store_true", help="print the results, write nothing")
     args = parser.parse_args()
     if args.quick:
         args.batch_size = args.batch_size or [256, 1024]
-        args.batches, args.repeats, args.kafka_events = 3, 1, min(args.kafka_events, 3000)
+        args.batches, args.repeats, args.kafka_repeats = 3, 1, 1
+        args.kafka_events = min(args.kafka_events, 3000)
     args.batch_size = args.batch_size or list(BATCHES)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device (use --device cpu --quick --dry-run for a dry run)")
