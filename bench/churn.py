@@ -206,7 +206,7 @@ def main() -> None:
         "seeds": args.seeds,
         "sketch_bound_bytes_per_feature": per_feature,
         "rows_bound_bytes": rows_bound,
-        "feeding_ns_per_id": dict(feed),
+        "feeding": [{"path": path, "ns_per_id": ns} for path, ns in feed],  # the baseline first
         "sketches_only": big,
         "with_rows": big_rows,
         "wide_step": wide,
@@ -216,7 +216,7 @@ def main() -> None:
 
 
 def render(data: dict[str, Any]) -> str:
-    feed = list(data["feeding_ns_per_id"].items())
+    feed = [(row["path"], row["ns_per_id"]) for row in data["feeding"]]
     big, big_rows, wide, acc = data["sketches_only"], data["with_rows"], data["wide_step"], data["accuracy"]
     base = feed[0][1]
     lines = [
