@@ -62,7 +62,11 @@ if $LOCAL; then
     rm -rf "$BUNDLE"
   fi
 else
-  PY=$(command -v python3)
+  PY=""
+  for candidate in python3 python python3.12; do  # the interpreter that has the machine's torch
+    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then PY=$(command -v "$candidate"); break; fi
+  done
+  [[ -n $PY ]] || { note "FAIL: no python with torch on PATH"; exit 1; }
   DEVICE=cuda
   BENCH=(--device cuda --repeats 3 --kafka-events 100000 --kafka-repeats 2 --out "$OUT/results")
   TESTS=(-m gpu tests/trainer)
