@@ -3,8 +3,9 @@
 At serving batch sizes the model is bound by Python, not arithmetic: TorchRec's `MLP` wraps each
 layer in `Sequential` -> `Perceptron` -> `nn.Linear`, and every `nn.Module.__call__` (hooks, forward
 dispatch) costs about as much as the small matmul under it. `DenseHead` takes the module's weight
-tensors once and calls the same `torch.nn.functional` ops in the same order, so its logits are
-bit-identical to `DCNModel`'s for the same embedding output.
+tensors once (weights already transposed) and calls the aten ops `F.linear` dispatches to
+(`addmm`, `mm`) in the same order, so its logits are bit-identical to `DCNModel`'s for the same
+embedding output.
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.nn import functional as F  # noqa: N812
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
 
 from embedding.model import DCNModel
 
-Layer = tuple[torch.Tensor, torch.Tensor | None, Callable[[torch.Tensor], torch.Tensor]]
+Layer = tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _layers(mlp: MLP | None) -> list[Layer]:
+    """(bias, transposed weight, activation) per layer: `F.linear(x, w, b)` is `addmm(b, x, w.t())` on 2-D x."""
     if mlp is None:
         return []
-    return [(p._linear.weight, p._linear.bias, p._activation_fn) for p in mlp._mlp]
+    layers = []
+    for perceptron in mlp._mlp:
+        linear = perceptron._linear
+        if linear.bias is None:
+            raise TypeError("DenseHead needs layers with a bias")
+        layers.append((linear.bias, linear.weight.t(), perceptron._activation_fn))
+    return layers
 
 
 class DenseHead:
@@ -40,15 +47,17 @@ class DenseHead:
         self.dense_layers = _layers(model.dense_arch)
         self.pass_dense = model.dense_arch is None
         self.cross: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
-            [] if cross is None else list(zip(cross.V_kernels, cross.W_kernels, cross.bias, strict=True))
+            []
+            if cross is None
+            else [(v.t(), w.t(), b) for v, w, b in zip(cross.V_kernels, cross.W_kernels, cross.bias, strict=True)]
         )
         self.over_layers = _layers(model.over_arch)
-        self.logit_weight, self.logit_bias = model.logit.weight, model.logit.bias
+        self.logit_bias, self.logit_weight_t = model.logit.bias, model.logit.weight.t()
 
     def __call__(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         if self.dense_layers:
-            for weight, bias, activation in self.dense_layers:
-                dense = activation(F.linear(dense, weight, bias))
+            for bias, weight_t, activation in self.dense_layers:
+                dense = activation(torch.addmm(bias, dense, weight_t))
             x = torch.cat([sparse, dense], dim=1)
         elif self.pass_dense and dense.shape[1]:
             x = torch.cat([sparse, dense], dim=1)
@@ -56,8 +65,8 @@ class DenseHead:
             x = sparse
         if self.cross:  # as LowRankCrossNet.forward
             x0 = x
-            for v, w, b in self.cross:
-                x = x0 * (F.linear(F.linear(x, v), w) + b) + x
-        for weight, bias, activation in self.over_layers:
-            x = activation(F.linear(x, weight, bias))
-        return F.linear(x, self.logit_weight, self.logit_bias).squeeze(1)
+            for v_t, w_t, b in self.cross:
+                x = x0 * (torch.mm(torch.mm(x, v_t), w_t) + b) + x
+        for bias, weight_t, activation in self.over_layers:
+            x = activation(torch.addmm(bias, x, weight_t))
+        return torch.addmm(self.logit_bias, x, self.logit_weight_t).squeeze(1)
