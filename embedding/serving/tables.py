@@ -64,10 +64,8 @@ class _Group(nn.Module):
         args = self._kernel_args
         if args is None:
             args = self._kernel_args = self._fixed_args()
-        torch.ops.fbgemm.bounds_check_indices(
-            self.tbe.rows_per_table, indices, offsets, self.tbe.bounds_check_mode_int, self.tbe.bounds_check_warning,
-            None, bounds_check_version=self.tbe.bounds_check_version,
-        )  # fmt: skip
+        rows, mode, warning, version = self._bounds_args
+        torch.ops.fbgemm.bounds_check_indices(rows, indices, offsets, mode, warning, None, bounds_check_version=version)
         return torch.ops.fbgemm.int_nbit_split_embedding_codegen_lookup_function(
             indices=indices, offsets=offsets, indice_weights=None, **args
         )
@@ -82,6 +80,9 @@ class _Group(nn.Module):
             or tbe.index_remappings_array.numel()
         ):
             raise ValueError("direct lookups need a host-only TBE without cache or pruning")
+        self._bounds_args = (
+            tbe.rows_per_table, tbe.bounds_check_mode_int, tbe.bounds_check_warning, tbe.bounds_check_version
+        )
         return {
             "dev_weights": tbe.weights_host,
             "uvm_weights": tbe.weights_uvm,
