@@ -12,6 +12,7 @@ events. Any other batch (lists, missing or mistyped values, bigger batches) goes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -45,17 +46,17 @@ class ServingFeaturizer:
         sparse_maps = [event.sparse for event in events]
         values: list[int] = []
         for (name, kind, dtype), cache in zip(self._sparse, self._caches, strict=True):
-            column = [m.get(name) for m in sparse_maps]
-            if any(type(v) is not kind for v in column):
+            column = list(map(dict.get, sparse_maps, repeat(name)))
+            if set(map(type, column)) != {kind}:
                 return self.general(events)
-            known = [cache.get(v) for v in column]
+            known = list(map(cache.get, column))
             if None in known and not self._fill(column, known, cache, dtype):
                 return self.general(events)
             values.extend(known)  # type: ignore[arg-type]
         n_sparse = len(self._names)
         kjt = KeyedJaggedTensor(
             keys=self._names,
-            values=torch.tensor(values, dtype=torch.int64),
+            values=torch.from_numpy(np.array(values, dtype=np.int64)),
             lengths=torch.ones(n_sparse * n, dtype=torch.int64),
             stride=n,
             length_per_key=[n] * n_sparse,
