@@ -2,8 +2,7 @@
 
 A request is queued on the event loop; a flush is scheduled for the loop's next turn, so every
 request the loop has already read (they all arrive while the previous forward runs) joins the
-same forward. A single client never waits: a small request with nothing queued, arriving or
-scoring beside it is scored at once, inside `score` (no queue, future or extra turn of the loop).
+same forward. A single client never waits: with nothing else in flight the flush runs at once.
 When other predict requests are known to be on their way (received, body or dependencies not
 done yet), the flush waits for them up to `window_s`.
 
@@ -73,13 +72,8 @@ class Batcher:
 
     async def score(self, served: Served, events: Sequence[Event]) -> np.ndarray:
         """This request's probabilities, from a forward shared with the requests queued alongside it."""
-        self._arriving -= 1
-        if not self._queue and not self._arriving and not self._threaded and len(events) <= self.inline_max_events:
-            outcome = self._score(served, [events], len(events))[0]
-            if isinstance(outcome, RequestInvalid):
-                raise outcome
-            return outcome
         loop = asyncio.get_running_loop()
+        self._arriving -= 1
         pending = _Pending(served, events, loop.create_future())
         self._queue.append(pending)
         self._schedule(loop)
@@ -114,7 +108,7 @@ class Batcher:
                 self._queue[:0] = group  # back at the front; a thread that ends flushes again
                 return
             self._threaded += 1
-            work = loop.run_in_executor(self.executor, self._score, group[0].served, [p.events for p in group], events)
+            work = loop.run_in_executor(self.executor, self._score, group, events)
             work.add_done_callback(lambda done, group=group: self._threaded_done(done, group))
 
     def _events_queued(self) -> int:
@@ -133,14 +127,14 @@ class Batcher:
         self._queue = rest
         return group
 
-    def _score(self, served: Served, requests: list[Sequence[Event]], events: int) -> list[np.ndarray | RequestInvalid]:
-        outcomes = predictor.score_requests(served, requests, self.metrics)
-        self.metrics.observe_forward(len(requests), events)
+    def _score(self, group: list[_Pending], events: int) -> list[np.ndarray | RequestInvalid]:
+        outcomes = predictor.score_requests(group[0].served, [p.events for p in group], self.metrics)
+        self.metrics.observe_forward(len(group), events)
         return outcomes
 
     def _run(self, group: list[_Pending], events: int) -> None:
         try:
-            outcomes = self._score(group[0].served, [p.events for p in group], events)
+            outcomes = self._score(group, events)
         except Exception as exc:  # a bug or a broken model: every request of the forward gets it (500)
             outcomes = [exc] * len(group)
         _answer(group, outcomes)
