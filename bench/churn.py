@@ -1,6 +1,7 @@
 """Churn tracker: sketch feeding cost, observe() throughput, memory at 10M distinct IDs, accuracy.
 
-Run: `.venv/bin/python bench/churn.py` (about two minutes on 2 cores); writes bench/results/churn.md.
+Run: `.venv/bin/python bench/churn.py` (about two minutes on 2 cores); writes bench/results/churn.{json,md}
+(bench/report.py `write_results`, `render`).
 
 Baseline in the same run: DataSketches' own per-item `update_theta_sketch.update` in a Python loop
 (its Python API has no batch update). Memory is what the tracker holds: sketch entries (8 bytes each,
@@ -14,6 +15,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import datasketches as ds
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
+from bench.report import RESULTS_DIR, machine_load, write_results
 from embedding.hashing import splitmix64
 from embedding.schema import FeatureSchema, parse_schema
 from trainer.churn import ChurnSettings, ChurnTracker
@@ -28,6 +31,7 @@ from trainer.churn.sketches import THETA_SEED, WindowSketch
 
 console = Console()
 MIB = 2**20
+NAME = "churn"
 
 
 def _fps(start: int, n: int) -> np.ndarray:
@@ -77,8 +81,12 @@ def big_vocabulary(schema: FeatureSchema, distinct: int, table_rows: int, with_r
         stream = _fps(start, n)
         stream = np.concatenate([stream, stream[rng.integers(0, n, n // 4)]])
         rng.shuffle(stream)
-        for chunk in track(np.array_split(stream, max(1, stream.size // batch)), description=f"window {w}",
-                           console=console, transient=True):
+        for chunk in track(
+            np.array_split(stream, max(1, stream.size // batch)),
+            description=f"window {w}",
+            console=console,
+            transient=True,
+        ):
             rows = {"user": (chunk.view(np.uint64) % np.uint64(table_rows)).astype(np.int64)} if with_rows else None
             t = time.perf_counter()
             tracker.observe({"user": chunk}, w * 60_000, rows, step=step)
@@ -165,11 +173,11 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=10_000_000)
     parser.add_argument("--table-rows", type=int, default=1 << 22)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "churn.md")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="Folder of churn.{json,md}.")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    load_before = os.getloadavg()[0]
+    load_before = machine_load()
     console.print("feeding cost ...")
     feed = feeding(1_000_000, 14)
     schema = parse_schema({"name": "one", "sparse": [{"name": "user", "dtype": "int"}]})
@@ -186,14 +194,38 @@ def main() -> None:
     per_feature = 8 * (2 ** (s.lg_k + 1) + 2**s.union_lg_k + (1 + s.history_windows) * 2**s.lg_k)
     per_feature += 8 * 2**s.lg_k * (s.finalize_grace_windows + 1)
     rows_bound = args.table_rows * (4 + 2 * 1)
+    data = {
+        "machine": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": machine_load(),
+        "numpy": np.__version__,
+        "datasketches": ds.__version__ if hasattr(ds, "__version__") else "5.2.0",
+        "distinct": args.distinct,
+        "table_rows": args.table_rows,
+        "seeds": args.seeds,
+        "sketch_bound_bytes_per_feature": per_feature,
+        "rows_bound_bytes": rows_bound,
+        "feeding": [{"path": path, "ns_per_id": ns} for path, ns in feed],  # the baseline first
+        "sketches_only": big,
+        "with_rows": big_rows,
+        "wide_step": wide,
+        "accuracy": acc,
+    }
+    console.print(write_results(NAME, data, render, args.out).read_text())
+
+
+def render(data: dict[str, Any]) -> str:
+    feed = [(row["path"], row["ns_per_id"]) for row in data["feeding"]]
+    big, big_rows, wide, acc = data["sketches_only"], data["with_rows"], data["wide_step"], data["accuracy"]
     base = feed[0][1]
     lines = [
         "# Churn tracker benchmark",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at the end: absolute times are "
-        f"pessimistic, compare the ratios measured in the same run); numpy {np.__version__}, "
-        f"datasketches {ds.__version__ if hasattr(ds, '__version__') else '5.2.0'}. "
+        f"Machine: {data['machine']}, {data['cores']} cores shared with other jobs "
+        f"(load average {data['load_before']:.1f} at start, {data['load_after']:.1f} at the end: absolute times are "
+        f"pessimistic, compare the ratios measured in the same run); numpy {data['numpy']}, "
+        f"datasketches {data['datasketches']}. "
         "Command: `.venv/bin/python bench/churn.py`.",
         "",
         "## Feeding theta sketches (lg_k 14, 1M IDs, batches of 8192)",
@@ -206,9 +238,9 @@ def main() -> None:
         "|---|---:|---:|",
         *[f"| {name} | {ns:.0f} | {base / ns:.1f}x |" for name, ns in feed],
         "",
-        f"## {args.distinct:,} distinct IDs in one window (one feature), then 3 windows with 25% churn",
+        f"## {data['distinct']:,} distinct IDs in one window (one feature), then 3 windows with 25% churn",
         "",
-        f"Unified table of {args.table_rows:,} rows; 25% repeats in each window; batches of 65,536 IDs.",
+        f"Unified table of {data['table_rows']:,} rows; 25% repeats in each window; batches of 65,536 IDs.",
         "",
         "| | sketches only | with rows (staleness) |",
         "|---|---:|---:|",
@@ -218,14 +250,18 @@ def main() -> None:
         f"| row arrays, bytes | {big['rows']:,} | {big_rows['rows']:,} |",
         *[
             f"| {label} | {100 * big[key]:+.2f}% | {100 * big_rows[key]:+.2f}% |"
-            for label, key in (("distinct error, first window", "distinct_err"), ("new-ID error, last window",
-                                                                                   "last_new_err"))
+            for label, key in (
+                ("distinct error, first window", "distinct_err"),
+                ("new-ID error, last window", "last_new_err"),
+            )
         ],
         "",
         "Stated bound (default settings: lg_k 14, union_lg_k 16, 8 cohorts, grace 2), whatever the vocabulary:",
-        f"sketches <= {per_feature / MIB:.2f} MiB per feature (open window 2^(lg_k+1) entries, union 2^union_lg_k,",
+        f"sketches <= {data['sketch_bound_bytes_per_feature'] / MIB:.2f} MiB per feature "
+        "(open window 2^(lg_k+1) entries, union 2^union_lg_k,",
         "previous window and 8 cohorts 2^lg_k each, up to 3 windows waiting for other ranks, 8 bytes an entry);",
-        f"rows <= M * (4 + 2 * ceil(F/8)) bytes ({rows_bound / MIB:.1f} MiB for M = {args.table_rows:,}, F <= 8),",
+        f"rows <= M * (4 + 2 * ceil(F/8)) bytes ({data['rows_bound_bytes'] / MIB:.1f} MiB for M = "
+        f"{data['table_rows']:,}, F <= 8),",
         "allocated only when rows are passed; plus the Redis outbox while Redis is down (max_pending_mib, 64 MiB).",
         "",
         "## A trainer-like step: 26 features x 4096 IDs (Zipf 1.2 over 1M IDs each), rows passed",
@@ -235,7 +271,7 @@ def main() -> None:
         f"| {wide['ms_per_step']:.1f} | {wide['ids_per_s']:,.0f} | {wide['windows']} | {wide['sketch_bytes']:,} "
         f"| {wide['rows']:,} |",
         "",
-        f"## Accuracy: 4 windows of 1M distinct IDs (30%, 10%, 50% new; 5% returning), {args.seeds} seeds",
+        f"## Accuracy: 4 windows of 1M distinct IDs (30%, 10%, 50% new; 5% returning), {data['seeds']} seeds",
         "",
         "Worst error over the windows of each run (default sketch sizes).",
         "",
@@ -248,9 +284,7 @@ def main() -> None:
         ],
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    console.print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

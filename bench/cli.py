@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -12,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import quality as q
-from bench.report import RESULTS_DIR
+from bench.report import RESULTS_DIR, read_results, write_results
 from embedding.budget import VARIANTS
 
 bench_app = typer.Typer(help="Benchmarks over real data (results under bench/results/).", no_args_is_help=True)
@@ -106,17 +104,17 @@ def quality_command(
                     data_dir=data_dir,
                     on_result=lambda _r, _t=task: progress.advance(_t),
                 )
-                q.write_json(out / f"quality_mlet_{name}.json", results)
-                (out / f"quality_mlet_{name}.md").write_text(q.mlet_markdown(results, mlet_row_share, spec))
-                q.mlet_plot(results, out / f"quality_mlet_{name}.png")
-                console.print(f"wrote {out}/quality_mlet_{name}.md")
+                data = q.document(results, spec, dataset=name, row_share=mlet_row_share)
+                md = write_results(f"quality_mlet_{name}", data, q.render_mlet, out)
+                q.mlet_plot(data, out / f"quality_mlet_{name}.png")
+                console.print(f"wrote {md}")
+                continue
+            if render_only:
+                data = read_results(f"{prefix}{name}", out)
+                write_results(f"{prefix}{name}", data, q.render, out)
+                q.pareto_plot(data, out / f"{prefix}{name}.png")
                 continue
             split = q.load_split(name, limit=limit, batch_size=batch_size, data_dir=data_dir)
-            if render_only:
-                results = q.read_json(out / f"{prefix}{name}.json")
-                (out / f"{prefix}{name}.md").write_text(q.markdown_table(split, results, spec))
-                q.pareto_plot(split, results, out / f"{prefix}{name}.png")
-                continue
             per_seed = (len(labels) - (q.BASELINE in labels)) * len(shares) + (q.BASELINE in labels)
             task = progress.add_task(name, total=per_seed * len(seed_list))
             results: list[q.RunResult] = []
@@ -127,13 +125,13 @@ def quality_command(
                 progress.update(_task, description=f"{result.dataset} {result.label} {result.budget_share:.3g}")
 
             q.run_grid(split, labels, shares, seed_list, spec, on_result=done)
-            previous = out / f"{prefix}{name}.json"
-            if merge and previous.exists():
-                results[:0] = [r for r in q.read_json(previous) if r.label not in labels]
-        q.write_json(out / f"{prefix}{name}.json", results)
-        (out / f"{prefix}{name}.md").write_text(q.markdown_table(split, results, spec))
-        q.pareto_plot(split, results, out / f"{prefix}{name}.png")
-        console.print(f"wrote {out}/{prefix}{name}.md and .png")
+            if merge:
+                previous = q.runs_of(read_results(f"{prefix}{name}", out))
+                results[:0] = [r for r in previous if r.label not in labels]
+        data = q.document(results, spec, split=q.split_facts(split))
+        md = write_results(f"{prefix}{name}", data, q.render, out)
+        q.pareto_plot(data, out / f"{prefix}{name}.png")
+        console.print(f"wrote {md} and .png")
 
 
 STREAM_METHODS = ("unified", "hashing_trick", "robe_mux", "qr", "qr_mux", "managed_collision")
@@ -177,12 +175,9 @@ def streaming_command(
             churn={c: s.CHURN[c] for c in churn},
             on_result=done,
         )
-    out.mkdir(parents=True, exist_ok=True)
-    previous = out / "quality_streaming.json"
-    if merge and previous.exists():
-        kept = [s.StreamResult(**row) for row in json.loads(previous.read_text())]
+    if merge:
+        kept = s.runs_of(read_results(s.NAME, out))
         rerun = {(r.churn, r.label) for r in results}
         results = [r for r in kept if (r.churn, r.label) not in rerun] + results
-    (out / "quality_streaming.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
-    (out / "quality_streaming.md").write_text(s.streaming_markdown(results, events_per_window, windows, batch_size))
-    console.print(f"wrote {out}/quality_streaming.md")
+    data = s.document(results, events_per_window=events_per_window, windows=windows, batch_size=batch_size)
+    console.print(f"wrote {write_results(s.NAME, data, s.render, out)}")

@@ -2,7 +2,7 @@
 row-wise Adagrad, the unified table (26 features, 2.6M rows, swept over num_blocks) against 26
 per-feature tables of 100k rows; and ROBE-Z (Z = d) against ROBE-1.
 
-    .venv/bin/python bench/embedding_throughput.py            # writes bench/results/embedding_throughput.md
+    .venv/bin/python bench/embedding_throughput.py            # writes bench/results/embedding_throughput.{json,md}
     .venv/bin/python bench/embedding_throughput.py --reps 5 --threads 1 --threads 2
 
 Two measurements for the tables:
@@ -12,7 +12,7 @@ Two measurements for the tables:
   DistributedModelParallel (1 rank, gloo, table-wise, FUSED kernel, RowWiseAdagrad applied in backward).
 Configurations run round-robin (`--rounds`) so load changes on a shared machine hit all of them;
 each reports the median of its timed repetitions. Ratios are against the per-feature baseline of
-the same run.
+the same run. Results go through bench/report.py `write_results` (`render` gives the Markdown).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -33,11 +34,12 @@ from rich.console import Console
 from rich.progress import Progress
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from bench.report import RESULTS_DIR, machine_load, write_results
 from embedding.hashing import fingerprint
 from embedding.methods import HashingTrick, RobeEmbedding, UnifiedEmbedding
 from embedding.schema import FeatureSchema, SparseFeature
 
-RESULTS = Path(__file__).parent / "results" / "embedding_throughput.md"
+NAME = "embedding_throughput"
 console = Console()
 
 
@@ -47,9 +49,6 @@ class Case:
     step: Callable[[], None]
     lookups: int
     times: list[float] = field(default_factory=list)
-
-    def rate(self) -> float:
-        return self.lookups / statistics.median(self.times)
 
 
 def make_schema(features: int, dim: int, vocab: int) -> FeatureSchema:
@@ -163,12 +162,46 @@ def measure(cases: list[Case], rounds: int, reps: int, warmup: int) -> None:
                     progress.advance(task)
 
 
-def table(cases: list[Case], baseline: str) -> list[str]:
-    base = next(c for c in cases if c.name == baseline).rate()
+def section(title: str, cases: list[Case]) -> dict[str, Any]:
+    """A results section: its cases' timed steps (the first case is the section's baseline)."""
+    return {"title": title, "cases": [{"name": c.name, "lookups": c.lookups, "times": c.times} for c in cases]}
+
+
+def table(cases: list[dict[str, Any]]) -> list[str]:
+    rates = [c["lookups"] / statistics.median(c["times"]) for c in cases]
     lines = ["| configuration | M lookups/s (median) | ratio | runs |", "|---|---:|---:|---:|"]
-    for case in cases:
-        lines.append(f"| {case.name} | {case.rate() / 1e6:.2f} | {case.rate() / base:.2f}x | {len(case.times)} |")
+    for case, rate in zip(cases, rates, strict=True):
+        lines.append(f"| {case['name']} | {rate / 1e6:.2f} | {rate / rates[0]:.2f}x | {len(case['times'])} |")
     return lines
+
+
+def render(data: dict[str, Any]) -> str:
+    report = [
+        "# Embedding throughput (forward + backward, fused row-wise Adagrad)",
+        "",
+        f"{data['features']} features, batch {data['batch']}, d={data['dim']}, Zipf(alpha={data['alpha']}) ids over "
+        f"{data['vocab']} values per feature; unified: one logical table of {data['features'] * data['vocab']} rows "
+        f"in num_blocks row blocks; baseline: {data['features']} hashing-trick tables of {data['vocab']} rows. "
+        f"Median of {data['rounds']} rounds x {data['reps']} timed steps ({data['warmup']} warm-up per round), "
+        f"configurations round-robin. Host: {data['host']}, {data['cores']} cores, torch {data['torch']}; load "
+        f"average {data['load_before']:.1f} at the start.",
+        f"Command: `{data['command']}`.",
+        "",
+        "Reading the sweep: routing splits every (lookup, example) bag over the row blocks, so the TBE sees "
+        "num_blocks x lookups x batch bags and a pooled output num_blocks times wider (summed back afterwards) "
+        "for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
+        "placement over ranks, and pay for them in bags.",
+        "",
+    ]
+    for part in data["sections"]:
+        report += [f"## {part['title']}", "", *table(part["cases"]), ""]
+    if "load_after" in data:
+        load = ", ".join(f"{v:.1f}" for v in data["load_after"])
+        report += [
+            f"Load average at the end of the run: {load} (on {data['cores']} cores; shared hosts make absolute "
+            "numbers low and noisy, compare ratios within one section)."
+        ]
+    return "\n".join(report)
 
 
 def _quiet_planner() -> None:
@@ -193,27 +226,19 @@ def main(
     warmup: int = 2,
     robe_size: int = 1 << 20,
     modes: Annotated[list[str], typer.Option("--mode", help="tbe and/or dmp")] = ["tbe", "dmp"],  # noqa: B006
-    out: Path = RESULTS,
+    out: Annotated[Path, typer.Option(help="Folder of embedding_throughput.{json,md}.")] = RESULTS_DIR,
 ) -> None:
     _quiet_planner()
     schema = make_schema(features, dim, vocab)
     kjt = zipf_batch(schema, batch, vocab, alpha, seed=0)
-    report = [
-        "# Embedding throughput (forward + backward, fused row-wise Adagrad)",
-        "",
-        f"{features} features, batch {batch}, d={dim}, Zipf(alpha={alpha}) ids over {vocab} values per feature; "
-        f"unified: one logical table of {features * vocab} rows in num_blocks row blocks; baseline: {features} "
-        f"hashing-trick tables of {vocab} rows. Median of {rounds} rounds x {reps} timed steps ({warmup} warm-up "
-        f"per round), configurations round-robin. Host: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}.",
-        "Command: `.venv/bin/python bench/embedding_throughput.py`.",
-        "",
-        "Reading the sweep: routing splits every (lookup, example) bag over the row blocks, so the TBE sees "
-        "num_blocks x lookups x batch bags and a pooled output num_blocks times wider (summed back afterwards) "
-        "for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
-        "placement over ranks, and pay for them in bags.",
-        "",
-    ]
+    data: dict[str, Any] = {
+        "features": features, "vocab": vocab, "dim": dim, "batch": batch, "alpha": alpha,
+        "rounds": rounds, "reps": reps, "warmup": warmup,
+        "host": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "load_before": machine_load(), "command": " ".join([".venv/bin/python", "bench/embedding_throughput.py",
+                                                              *sys.argv[1:]]),
+        "sections": [],
+    }  # fmt: skip
     for n_threads in threads:
         torch.set_num_threads(n_threads)
         for mode in modes:
@@ -226,12 +251,10 @@ def main(
                 cases.append(make(f"unified {features * vocab} rows, num_blocks={nb}", module, kjt))
             console.print(f"[bold]{mode}[/] threads={n_threads}: {len(cases)} configurations")
             measure(cases, rounds, reps, warmup)
-            lines = table(cases, cases[0].name)
-            report += [f"## {mode}, {n_threads} thread(s)", "", *lines, ""]
-            console.print("\n".join(lines))
+            data["sections"].append(section(f"{mode}, {n_threads} thread(s)", cases))
+            console.print("\n".join(table(data["sections"][-1]["cases"])))
             del cases
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("\n".join(report))  # after every section: a long run keeps what it measured
+            write_results(NAME, data, render, out)  # after every section: a long run keeps what it measured
         if n_threads != threads[0]:
             continue
         robe = [
@@ -239,17 +262,11 @@ def main(
             robe_case(f"ROBE-Z, Z=d={dim}", schema, dim, robe_size, kjt),
         ]
         measure(robe, rounds, reps, warmup)
-        lines = table(robe, robe[0].name)
-        report += [f"## ROBE, multiplexed array of {robe_size} floats, {n_threads} thread(s)", "", *lines, ""]
-        console.print("\n".join(lines))
-        out.write_text("\n".join(report))
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    report += [
-        f"Load average at the end of the run: {load} (on {os.cpu_count()} cores; shared hosts make absolute "
-        "numbers low and noisy, compare ratios within one section)."
-    ]
-    out.write_text("\n".join(report))
-    console.print(f"wrote {out}")
+        data["sections"].append(section(f"ROBE, multiplexed array of {robe_size} floats, {n_threads} thread(s)", robe))
+        console.print("\n".join(table(data["sections"][-1]["cases"])))
+        write_results(NAME, data, render, out)
+    data["load_after"] = list(os.getloadavg())
+    console.print(f"wrote {write_results(NAME, data, render, out)}")
 
 
 if __name__ == "__main__":

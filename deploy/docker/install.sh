@@ -12,13 +12,23 @@
 # binaries for `unirec infra`) stay out of images: Compose and Helm bring real Kafka and Redis.
 #
 # Usage (from the build stage, with pyproject.toml in the working directory):
-#   install.sh deps cpu|gpu    # third-party dependencies only (its own cached layer)
+#   install.sh pins > F        # the runtime dependency pins of pyproject.toml, one per line
+#   install.sh deps cpu|gpu F  # third-party dependencies only, from the pins file F (its own cached layer)
 #   install.sh app             # the unirec packages themselves, --no-deps, with their data files
 #   install.sh package-data D  # only copy the packages' data files under D (what `app` adds to the wheel)
 set -euo pipefail
 
 PIP=(python -m pip --disable-pip-version-check --no-cache-dir -q)
-step=${1:?usage: install.sh deps cpu|gpu, install.sh app, or install.sh package-data DEST}
+step=${1:?usage: install.sh pins, install.sh deps cpu|gpu PINS, install.sh app, or install.sh package-data DEST}
+
+if [[ $step == pins ]]; then  # before any venv exists: the base's python3
+  python3 - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+PY
+  exit 0
+fi
 
 # Data files inside the packages (feature schemas, ...) that a wheel built without package-data
 # declarations leaves out: copied next to the installed modules, same relative paths.
@@ -44,13 +54,8 @@ if [[ $step == app ]]; then
   exit 0
 fi
 
-variant=${2:?usage: install.sh deps cpu|gpu}
-mapfile -t deps < <(python - <<'PY'
-import tomllib
-with open("pyproject.toml", "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
-PY
-)
+variant=${2:?usage: install.sh deps cpu|gpu PINS}
+mapfile -t deps < "${3:?usage: install.sh deps cpu|gpu PINS (the output of install.sh pins)}"
 pin() { printf '%s\n' "${deps[@]}" | sed -n "s/^$1==//p"; }
 
 torch_version=$(pin torch)

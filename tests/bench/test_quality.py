@@ -43,7 +43,7 @@ def test_fast_mode_writes_the_table_and_plot_with_sane_aucs(movielens_dir: Path,
     assert result.exit_code == 0, result.output
     table = (tmp_path / "quality_fast_movielens.md").read_text()
     assert (tmp_path / "quality_fast_movielens.png").stat().st_size > 10_000
-    runs = json.loads((tmp_path / "quality_fast_movielens.json").read_text())
+    runs = json.loads((tmp_path / "quality_fast_movielens.json").read_text())["runs"]
     assert {r["label"] for r in runs} == {"unified", "hashing_trick", "qr_mux"}
     for share in {r["budget_share"] for r in runs}:  # equal memory: every method within 1% of the budget
         sizes = [r["bytes"] for r in runs if r["budget_share"] == share]

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from embedding.schema import load_schema
+from tests.deploy.compose_services import REPO, compose, compose_config, run_args, start_order
 
-REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {"UNIREC_SERVE_API_KEY": "test-key", "GRAFANA_ADMIN_PASSWORD": "test-password"}
-
-
-def compose(binary: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("UNIREC_", "GRAFANA_", "COMPOSE_"))}
-    return subprocess.run([binary, "-f", str(REPO / "docker-compose.yml"), *args], capture_output=True, text=True,
-                          env={**clean, **env}, cwd=REPO, timeout=60, check=False)
 
 
 @pytest.fixture(scope="module")
 def config(docker_compose: str) -> dict:
     """The resolved file (all profiles): `docker-compose config` validates it against the Compose schema."""
-    result = compose(docker_compose, "--profile", "gpu", "--profile", "replay", "config", env=REQUIRED)
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+    return compose_config(docker_compose, REQUIRED, profiles=("gpu", "replay"))
 
 
 def test_config_validates(config: dict) -> None:
@@ -96,3 +86,60 @@ def test_monitoring_is_provisioned_from_the_repository(config: dict) -> None:
     scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert {"trainer:9400", "inference:8000"} <= targets
+
+
+def test_services_translate_to_podman_run_from_the_file(config: dict, tmp_path: Path) -> None:
+    """What the container test starts is what the file says: image, entrypoint, command, environment,
+    health check, hardening, the shared volume (read-only for the service)."""
+    services = config["services"]
+    trainer = run_args(services["trainer"], named_volumes={"unirec-home": tmp_path},
+                       environment={"UNIREC_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert trainer[-5:] == [services["trainer"]["image"], "--standalone", "--nproc_per_node=2", "-m", "trainer.main"]
+    assert trainer[trainer.index("--entrypoint") + 1] == '["tini", "--", "torchrun"]'
+    assert "UNIREC_KAFKA_BOOTSTRAP=127.0.0.1:1" in trainer and "UNIREC_KAFKA_BOOTSTRAP=kafka:9092" not in trainer
+    assert "UNIREC_TRAINER_SCHEMA=movielens" in trainer
+    assert trainer[trainer.index("--health-cmd") + 1] == '["python", "/usr/local/bin/unirec-healthcheck", "train"]'
+    assert trainer[trainer.index("--health-start-period") + 1] == "180s"
+    assert trainer[trainer.index("--stop-timeout") + 1] == "120"
+    assert {"--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "--shm-size", "1g"} <= set(trainer)
+    assert f"{tmp_path}:/var/lib/unirec" in trainer
+    serve = run_args(services["inference"], named_volumes={"unirec-home": tmp_path}, environment={})
+    assert serve[-2:] == [services["inference"]["image"], "serve"] and "--read-only" in serve
+    assert f"{tmp_path}:/var/lib/unirec-store:ro" in serve and "/tmp" in serve
+    with pytest.raises(KeyError, match="unirec-home"):
+        run_args(services["inference"], named_volumes={}, environment={})
+
+
+def test_a_service_key_the_translation_does_not_know_fails(config: dict, tmp_path: Path) -> None:
+    from tests.deploy.compose_services import UnsupportedKey
+
+    service = {**config["services"]["inference"], "pids_limit": 100}
+    with pytest.raises(UnsupportedKey, match="pids_limit"):
+        run_args(service, named_volumes={"unirec-home": tmp_path}, environment={})
+
+
+def test_start_order_puts_dependencies_first(config: dict) -> None:
+    services = config["services"]
+    order = start_order(services, ["grafana", "inference", "trainer"])
+    assert order.index("prometheus") < order.index("grafana")
+    assert order.index("redis") < order.index("inference") and order.index("kafka") < order.index("trainer")
+    assert len(order) == len(set(order))
+    looped = {"a": {"depends_on": {"b": {"condition": "service_healthy"}}}, "b": {"depends_on": ["a"]}}
+    with pytest.raises(ValueError, match="a -> b -> a"):
+        start_order(looped, ["a"])
+    with pytest.raises(KeyError, match="nowhere"):
+        start_order({"a": {"depends_on": ["nowhere"]}}, ["a"])
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("10s", 10), ("1m", 60), ("1m30s", 90), ("250ms", 0.25), (5, 5)])
+def test_compose_durations(text: str | int, seconds: float) -> None:
+    from tests.deploy.compose_services import duration_seconds
+
+    assert duration_seconds(text) == seconds
+
+
+def test_a_malformed_duration_says_what_it_expected() -> None:
+    from tests.deploy.compose_services import duration_seconds
+
+    with pytest.raises(ValueError, match="10 seconds"):
+        duration_seconds("10 seconds")

@@ -1,10 +1,12 @@
-"""The CPU image, built and run for real with podman: the inference service and a trainer, each in its
-own container with host networking, against the session's broker and Redis.
+"""The CPU image, built and run for real with podman: docker-compose.yml's inference and trainer
+services, each in its own container started from the resolved file (image, entrypoint, command,
+environment, volumes, hardening, health check) in its dependency order, with host networking, against
+the session's broker and Redis (tests/deploy/compose_services.py: why not podman-compose).
 
 The image builds on a base made from Debian's packages (deploy/docker/base-image.sh) with torch from
 pip's configuration (TORCH_INDEX_URL empty), as README "Building the image" describes. Events are
 streamed into the broker from here; the trainer container trains and exports into a host folder that
-the service container mounts read-only (as docker-compose.yml does); the service's /readyz turns 200
+the service container mounts read-only (the file's shared volume); the service's /readyz turns 200
 and /v1/predict answers. Both containers run as the image's non-root user and pass their health
 checks; on SIGTERM (tini and torchrun forward it) the trainer's rank stops with a final checkpoint.
 """
@@ -12,7 +14,6 @@ checks; on SIGTERM (tini and torchrun forward it) the trainer's rank stops with 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -24,8 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from core.net import free_port
+from core.net import free_port, port_open
+from tests.deploy.compose_services import HealthWait, compose_config, dependencies, run_args, start_order, wait_healthy
 from tests.deploy.containers import Podman
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -48,8 +51,8 @@ def event(rng: random.Random, n: int) -> dict:
 
 @contextlib.contextmanager
 def container(podman: Podman, name: str, *args: str) -> Iterator[str]:
-    """`podman run -d` with host networking; logs kept in the failure message, removed afterwards."""
-    podman.run("run", "-d", "--name", name, "--network", "host", *args, timeout=120)
+    """`podman run -d`; logs kept in the failure message, removed afterwards."""
+    podman.run("run", "-d", "--name", name, *args, timeout=120)
     try:
         yield name
     finally:
@@ -64,12 +67,18 @@ def logs(podman: Podman, *names: str) -> str:
     return "\n".join(out)
 
 
+def healthy(podman: Podman, name: str) -> bool:
+    """The container's health check, run now as the engine runs it."""
+    return podman.run("healthcheck", "run", name, check=False, timeout=60).returncode == 0
+
+
 def running(podman: Podman, name: str) -> bool:
     return podman.run("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip() == "true"
 
 
 def test_service_and_trainer_containers_train_and_predict(
-    podman: Podman, unirec_image: str, kafka_bootstrap: str, redis_url: str, topic_name: str, tmp_path: Path
+    podman: Podman, unirec_image: str, docker_compose: str, kafka_bootstrap: str, redis_url: str, topic_name: str,
+    tmp_path: Path,
 ) -> None:
     import orjson
     from kafka import KafkaProducer
@@ -88,29 +97,42 @@ def test_service_and_trainer_containers_train_and_predict(
         sent += 1
     producer.flush()
 
-    # the trainer's home, mounted read-only into the service as its model store (docker-compose.yml)
+    # docker-compose.yml's trainer and inference services, resolved by docker-compose and started with
+    # podman in the file's dependency order (tests/deploy/compose_services.py says why not podman-compose)
+    run_id = uuid.uuid4().hex[:8]
+    resolved = compose_config(docker_compose, {
+        "UNIREC_SERVE_API_KEY": API_KEY, "GRAFANA_ADMIN_PASSWORD": "unused", "UNIREC_IMAGE": unirec_image.split(":")[0],
+        "UNIREC_TAG": unirec_image.split(":")[1], "UNIREC_TRAINER_NPROC": "1", "UNIREC_TRAINER_TOPIC": topic_name})
+    services = resolved["services"]
+    order = start_order(services, ["inference", "trainer"])
+    assert order.index("redis") < order.index("inference") and order.index("kafka") < order.index("trainer"), order
+    for name in ("trainer", "inference"):
+        assert services[name]["image"] == unirec_image, services[name]["image"]
+    # the volume the trainer writes and the service reads as its model store: a host folder here
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, UID, UID)
-    run_id = uuid.uuid4().hex[:8]
     serve_port, metrics_port = free_port(), free_port()
-    common = ["-e", f"UNIREC_KAFKA_BOOTSTRAP={kafka_bootstrap}", "-e", f"UNIREC_REDIS_URL={redis_url}",
-              "-e", f"UNIREC_MODEL_CHANNEL=unirec:test:{run_id}:models",
-              "-e", f"UNIREC_MODEL_LATEST_KEY=unirec:test:{run_id}:latest",
-              "-e", f"UNIREC_CHURN_KEY_PREFIX=unirec:test:{run_id}:churn", "-e", "OMP_NUM_THREADS=1"]
-    trainer_args = [*common, "--volume", f"{home}:/var/lib/unirec", "--shm-size", "256m",
-                    "-e", f"UNIREC_TRAINER_TOPIC={topic_name}", "-e", "UNIREC_TRAINER_SCHEMA=movielens",
-                    "-e", f"UNIREC_TRAINER_METRICS_PORT={metrics_port}", "-e", "UNIREC_TRAINER_THREADS=1",
-                    "-e", "UNIREC_TRAINER_EXPORT_EVERY_S=5", "-e", "UNIREC_TRAINER_CHECKPOINT_EVERY_S=5",
-                    # the trainer's health check as docker-compose.yml declares it
-                    "--health-cmd", json.dumps(["python", "/usr/local/bin/unirec-healthcheck", "train"]),
-                    "--entrypoint", json.dumps(["tini", "--", "torchrun"]), unirec_image,
-                    "--standalone", "--nproc_per_node=1", "-m", "trainer.main"]
-    serve_args = [*common, "--volume", f"{home}:/var/lib/unirec-store:ro", "--read-only", "--tmpfs", "/tmp",
-                  "-e", "UNIREC_MODEL_STORE=/var/lib/unirec-store/models", "-e", f"UNIREC_SERVE_PORT={serve_port}",
-                  "-e", f"UNIREC_SERVE_API_KEY={API_KEY}", "-e", "UNIREC_SERVE_POLL_INTERVAL_S=1",
-                  "-e", "UNIREC_SERVE_INFERENCE_THREADS=1", unirec_image, "serve"]
+    # host networking: the addresses that name Compose services point at the session's broker and Redis;
+    # shorter intervals so the test sees an export within a minute
+    common = {"UNIREC_KAFKA_BOOTSTRAP": kafka_bootstrap, "UNIREC_REDIS_URL": redis_url,
+              "UNIREC_MODEL_CHANNEL": f"unirec:test:{run_id}:models",
+              "UNIREC_MODEL_LATEST_KEY": f"unirec:test:{run_id}:latest",
+              "UNIREC_CHURN_KEY_PREFIX": f"unirec:test:{run_id}:churn", "OMP_NUM_THREADS": "1"}
+    overrides = {
+        "trainer": {**common, "UNIREC_TRAINER_METRICS_PORT": str(metrics_port), "UNIREC_TRAINER_THREADS": "1",
+                    "UNIREC_TRAINER_EXPORT_EVERY_S": "5", "UNIREC_TRAINER_CHECKPOINT_EVERY_S": "5"},
+        "inference": {**common, "UNIREC_SERVE_PORT": str(serve_port), "UNIREC_SERVE_POLL_INTERVAL_S": "1",
+                      "UNIREC_SERVE_INFERENCE_THREADS": "1"},
+    }
+    broker_host, broker_port = kafka_bootstrap.rsplit(":", 1)
 
+    def redis_answers() -> bool:
+        with contextlib.suppress(redis.RedisError):
+            return bool(redis.Redis.from_url(redis_url, socket_timeout=2).ping())
+        return False
+
+    external = {"kafka": lambda: port_open(broker_host, int(broker_port)), "redis": redis_answers}
     stop = threading.Event()
 
     def trickle() -> None:  # events keep flowing while the containers start
@@ -121,11 +143,21 @@ def test_service_and_trainer_containers_train_and_predict(
                 sent += 1
             producer.flush()
 
-    serve_name, trainer_name = f"unirec-test-serve-{run_id}", f"unirec-test-trainer-{run_id}"
+    names = {"inference": f"unirec-test-serve-{run_id}", "trainer": f"unirec-test-trainer-{run_id}"}
+    serve_name, trainer_name = names["inference"], names["trainer"]
     client = httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=10)
     feeder = threading.Thread(target=trickle, daemon=True)
     started = time.monotonic()
-    with container(podman, serve_name, *serve_args), container(podman, trainer_name, *trainer_args):
+    with contextlib.ExitStack() as stack:
+        for name in order:
+            for dep, condition in dependencies(services[name]).items():
+                assert condition == "service_healthy", (name, dep, condition)
+                probe = external.get(dep) or (lambda d=dep: healthy(podman, names[d]))
+                waited = wait_healthy(dep, probe, HealthWait.of(services[dep]))
+                log.info("%s: dependency %s healthy after %.1f s", name, dep, waited)
+            if name in names:
+                stack.enter_context(container(podman, names[name], *run_args(
+                    services[name], named_volumes={"unirec-home": home}, environment=overrides[name])))
         feeder.start()
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S

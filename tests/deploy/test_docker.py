@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,8 +27,13 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     steps = instructions(DOCKER / "Dockerfile")
     stages = [arg for op, arg in steps if op == "FROM"]
-    assert len(stages) == 2 and stages[0].endswith("AS builder")
-    runtime = steps[[i for i, (op, _) in enumerate(steps) if op == "FROM"][1]:]
+    assert [stage.split()[-1] for stage in stages] == ["pins", "builder", "runtime"]
+    # the dependency layer sees the pins only (not pyproject.toml), so other edits keep it cached
+    starts = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    builder = steps[starts[1]:starts[2]]
+    assert ("COPY", "--from=pins /requirements.txt /tmp/requirements.txt") in builder
+    assert not any(op == "COPY" and "pyproject.toml" in arg for op, arg in builder)
+    runtime = steps[starts[2]:]
     users = [arg for op, arg in runtime if op == "USER"]
     assert users and not users[-1].startswith(("root", "0")), "the runtime stage must end as a non-root user"
     assert any(op == "HEALTHCHECK" and "unirec-healthcheck" in arg for op, arg in runtime)
@@ -121,3 +128,15 @@ def test_installed_app_ships_its_feature_schemas(tmp_path: Path) -> None:
     assert (target / "embedding" / "schema.py").is_file()
     shipped = sorted(p.relative_to(REPO) for p in (REPO / "embedding" / "schemas").glob("*.yaml"))
     assert shipped and all((target / p).is_file() for p in shipped), "schemas missing from the installed app"
+
+
+def test_pins_step_prints_exactly_the_runtime_dependencies(tmp_path: Path) -> None:
+    """The image's dependency layer is keyed on this output alone (Dockerfile `pins` stage)."""
+    import tomllib
+
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `python` as in the image's venv
+    result = subprocess.run(["bash", str(DOCKER / "install.sh"), "pins"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PATH": path}, timeout=60, check=True)
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert result.stdout.splitlines() == expected
