@@ -25,6 +25,7 @@ RENDERERS: dict[str, str] = {
     "churn": "bench.churn:render",
     "embedding_throughput": "bench.embedding_throughput:render",
     "freshness": "bench.freshness:render",
+    "gpu": "bench.gpu:render",
     "producer": "bench.producer:render",
     "quantized_predict": "bench.quantized_predict:render",
     "serving": "bench.serving:render",

@@ -72,14 +72,17 @@ class ScoreHistogram(Metric):
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
-        scores = scores.double()
-        positive = labels > 0.5
-        index = (scores * self.bins).long().clamp_(0, self.bins - 1)
-        self.pos += torch.bincount(index[positive], minlength=self.bins)
-        self.neg += torch.bincount(index[~positive], minlength=self.bins)
-        p = scores.clamp(_EPS, 1 - _EPS)
-        self.loss_sum += -(labels * p.log() + (1 - labels) * (1 - p).log()).sum()
-        self.count += scores.numel()
+        # numpy on views of the (CPU) states: a dozen small torch ops and two 10k-bin bincounts cost
+        # ~0.3-0.7 ms per batch, about a tenth of a batch-64 step; this is ~30 us
+        s = scores.detach().cpu().numpy().astype(np.float64, copy=False)
+        y = labels.detach().cpu().numpy().astype(np.float64, copy=False)
+        positive = y > 0.5
+        index = np.clip((s * self.bins).astype(np.int64), 0, self.bins - 1)
+        np.add.at(self.pos.numpy(), index[positive], 1.0)
+        np.add.at(self.neg.numpy(), index[~positive], 1.0)
+        p = np.clip(s, _EPS, 1 - _EPS)
+        self.loss_sum.numpy()[()] += -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum()
+        self.count.numpy()[()] += s.size
 
     def compute(self) -> dict[str, float]:
         return self.local()

@@ -37,3 +37,28 @@ def test_unreachable_redis_does_not_fail_the_export(tmp_path: Path, monkeypatch:
     manifest = exporter.export_full(model)
     assert exporter.store.versions() == [manifest.version]
     assert exporter.delta_due(now=10**12)
+
+
+@pytest.mark.parametrize(("num_rows", "num_blocks"), [(9, 4), (100, 1), (1000, 2)])
+def test_mark_touches_the_rows_locate_names(num_rows: int, num_blocks: int) -> None:
+    """The delta's touched masks (numpy path) agree with `UnifiedEmbedding.locate`, even and uneven blocks."""
+    import torch
+
+    from embedding.methods import UnifiedEmbedding
+    from trainer.exporting import ExportScheduler
+
+    unified = UnifiedEmbedding(load_schema("movielens"), num_rows=num_rows, num_blocks=num_blocks)
+    scheduler = object.__new__(ExportScheduler)  # only the masks and the table: no process group, no store
+    scheduler.unified = unified
+    scheduler.touched = {
+        f"sparse.ebc.embedding_bags.{UnifiedEmbedding.table_name(b)}.weight": torch.zeros(n, dtype=torch.uint8)
+        for b, n in enumerate(unified.sizes)
+    }
+    rows = torch.randint(0, num_rows, (50,))
+    scheduler.mark(rows)
+    block, local = unified.locate(rows)
+    for b in range(num_blocks):
+        expected = torch.zeros(unified.sizes[b], dtype=torch.uint8)
+        expected[local[block == b]] = 1
+        mask = scheduler.touched[f"sparse.ebc.embedding_bags.{UnifiedEmbedding.table_name(b)}.weight"]
+        assert torch.equal(mask, expected), b

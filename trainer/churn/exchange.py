@@ -11,7 +11,8 @@ Keys (all with the configured TTL; `P` is the key prefix, default `unirec:churn`
     P:@windows                               sorted set of the window starts that have a summary
 
 Feature names cannot contain ':' or '@' (schema pattern), so these never clash. Writes go through an
-outbox: a window's keys, then the rank's progress key, in one pipeline, in window order; a rank that
+outbox: a window's keys, then the rank's progress key, in window order, every window closed since
+the last flush in one pipeline; a rank that
 reads another's progress >= a window's end knows all its keys for that window are there. While
 Redis is unreachable the outbox keeps the windows (bounded) and every call fails fast until
 `retry_s` has passed, so an outage costs the trainer's hot path nothing.
@@ -109,6 +110,7 @@ class RedisExchange:
             retry_on_timeout=False,
         )
         self._outbox: deque[_Pending] = deque()
+        self._outbox_bytes = 0
         self._down_until = 0.0
         self._down_since: float | None = None
         self.dropped_windows = 0
@@ -162,16 +164,28 @@ class RedisExchange:
         self._enqueue(entry)
 
     @property
+    def outbox_filling(self) -> bool:
+        """Half the outbox bound reached while Redis is reachable: flush now rather than drop windows later."""
+        return self.reachable and 2 * len(self._outbox) >= self.settings.max_pending_windows
+
+    @property
     def pending_bytes(self) -> int:
-        return sum(entry.nbytes for entry in self._outbox)
+        """Bytes of keys and values in the outbox (kept as a running total: it is read on every enqueue)."""
+        return self._outbox_bytes
+
+    def _pop(self) -> _Pending:
+        entry = self._outbox.popleft()
+        self._outbox_bytes -= entry.nbytes
+        return entry
 
     def _enqueue(self, entry: _Pending) -> None:
         self._outbox.append(entry)
+        self._outbox_bytes += entry.nbytes
         budget = self.settings.max_pending_mib * 2**20
         while len(self._outbox) > 1 and (
             len(self._outbox) > self.settings.max_pending_windows or self.pending_bytes > budget
         ):
-            old = self._outbox.popleft()
+            old = self._pop()
             self.dropped_windows += 1
             log_event(log, "churn window dropped from outbox", logging.WARNING, window_start=old.window_start,
                       max_pending_windows=self.settings.max_pending_windows,
@@ -180,17 +194,23 @@ class RedisExchange:
     def drop_bulky_before(self, window_start: int) -> None:
         """Forget row bitmaps of windows older than `window_start` that are still waiting (they are large)."""
         for entry in self._outbox:
-            if entry.window_start < window_start:
+            if entry.window_start < window_start and entry.bulky:
+                self._outbox_bytes -= entry.nbytes
                 entry.bulky = []
+                self._outbox_bytes += entry.nbytes
 
     def flush(self) -> bool:
-        """Write the outbox in order; True when it is empty afterwards."""
+        """Write the whole outbox in order, in one pipeline (one round trip however many windows closed
+        since the last flush); True when it is empty afterwards. On failure everything stays queued: the
+        writes are idempotent, so a partly applied pipeline is simply written again."""
+        if not self._outbox:
+            return True
         ttl = self.settings.ttl_s
-        while self._outbox:
-            entry = self._outbox[0]
+        entries = list(self._outbox)
 
-            def write(entry: _Pending = entry) -> None:
-                pipe = self._client.pipeline(transaction=False)
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for entry in entries:
                 for key, value in entry.bulky + entry.core:
                     pipe.set(key, value, ex=ttl)
                 if entry.index is not None:
@@ -198,13 +218,14 @@ class RedisExchange:
                     pipe.zadd(index, {str(start): start})
                     pipe.zremrangebyrank(index, 0, -self.settings.keep_summaries - 1)
                     pipe.expire(index, ttl)
-                pipe.execute()
+            pipe.execute()
 
-            try:
-                self._call("publish", write)
-            except RedisUnavailable:
-                return False
-            self._outbox.popleft()
+        try:
+            self._call("publish", write)
+        except RedisUnavailable:
+            return False
+        for _ in entries:
+            self._pop()
         return True
 
     # --- reads --------------------------------------------------------------------------------------

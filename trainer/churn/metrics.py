@@ -36,9 +36,13 @@ class ChurnMetrics:
         self.gauges = {
             key: Gauge(name, doc, ["feature"], registry=registry) for key, (name, doc) in _GAUGES.items()
         }
-        for feature in features:  # series exist (NaN) from the start, so dashboards show "no data yet"
-            for gauge in self.gauges.values():
-                gauge.labels(feature=feature).set(math.nan)
+        # series exist (NaN) from the start, so dashboards show "no data yet"; the children are kept
+        # because `labels()` costs more than `set()` and a replay merges a window almost every batch
+        self._series = {
+            (key, feature): gauge.labels(feature=feature) for key, gauge in self.gauges.items() for feature in features
+        }
+        for series in self._series.values():
+            series.set(math.nan)
 
     def set_window(self, stats: Iterable[FeatureWindowStats]) -> None:
         for s in stats:
@@ -53,4 +57,7 @@ class ChurnMetrics:
                 "stale_share": s.stale_share,
             }
             for key, value in values.items():
-                self.gauges[key].labels(feature=s.feature).set(value)
+                series = self._series.get((key, s.feature))
+                if series is None:
+                    series = self._series[key, s.feature] = self.gauges[key].labels(feature=s.feature)
+                series.set(value)

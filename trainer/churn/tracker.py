@@ -14,8 +14,11 @@ Hot path: per feature one vectorised hash of the IDs and a handful of sketch upd
 `sketches.WindowSketch`), one OR into a row bitmap, and no network I/O. A window closes when a batch
 of a later window arrives (windows are aligned to the epoch; a batch belongs to the window of its
 largest event time, late batches count in the open window). At close the rank's sketches go to
-Redis; the window is merged once every rank has published it (or `finalize_grace_windows` later
-with the parts at hand), in window order, so every rank computes the same global numbers.
+an outbox; with one rank the window is merged at once and the outbox written to Redis at most
+every second (or when half full), in one pipeline for all windows closed meanwhile (a replay of old
+events can close a window every batch). With more ranks the part is published at close and the
+window merged once every rank has published it (or `finalize_grace_windows` later with the parts at
+hand), in window order, so every rank computes the same global numbers.
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ class ChurnTracker:
                 self._rows.touch(feature, feature_rows)
         window.step = max(window.step, step)
         window.ids += sum(int(np.size(v)) for v in fingerprints.values())
-        if (self._waiting or (self._exchange and self._exchange.pending)) and self._clock() >= self._next_poll:
+        exchange = self._exchange
+        due = self._clock() >= self._next_poll or (exchange is not None and exchange.outbox_filling)
+        if due and (self._waiting or (exchange is not None and exchange.pending)):
             self._progress()
 
     def _check_feature(self, feature: str, what: str) -> None:
@@ -206,7 +211,11 @@ class ChurnTracker:
             self._exchange.publish_part(part, window.start + self._window_ms, with_rows=self.world_size > 1)
             if len(self._closed_starts) == self._closed_starts.maxlen:
                 self._exchange.drop_bulky_before(self._closed_starts[0])
-        self._next_poll = 0.0
+        if self.world_size == 1:  # nothing to wait for: merge now; Redis gets it at the next poll
+            while self._waiting:
+                self._finalize_head(force=False)
+        else:  # the other ranks wait for this part (finalize_grace_windows): publish it now
+            self._next_poll = 0.0
 
     def _progress(self) -> None:
         self._next_poll = self._clock() + min(_POLL_S, self.settings.retry_s or _POLL_S)

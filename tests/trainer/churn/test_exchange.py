@@ -182,3 +182,19 @@ def test_lookups_command_allocates_from_the_windows(
     assert {s.name: s.lookups for s in load_schema(out).sparse} == {"user": 3, "item": 3}
     bad = CliRunner().invoke(churn_app, ["lookups", "--schema", str(base), "--total-width", "100", "--from-schema"])
     assert bad.exit_code == 2 and "multiple of the embedding_dim 16" in bad.output
+
+
+def test_one_rank_batches_redis_writes_without_dropping_windows(redis_url: str, request: pytest.FixtureRequest) -> None:
+    """A replay closes a window almost every batch: writes are batched per poll, yet a full outbox is
+    flushed early rather than dropping windows."""
+    prefix = f"test:{request.node.name}"
+    settings = ChurnSettings(window_s=1, max_pending_windows=8, key_prefix=prefix)
+    tracker = ChurnTracker(SCHEMA, settings, TABLE_ROWS, redis_url=redis_url, clock=lambda: 0.0)  # no poll due
+    for w in range(40):
+        tracker.observe({"user": np.arange(w, w + 100), "item": np.arange(10)}, w * 1000, step=w)
+    assert tracker.windows_merged == 39  # one rank: merged at close, Redis or not
+    assert tracker._exchange is not None and tracker._exchange.dropped_windows == 0
+    assert tracker.pending_windows < 8
+    tracker.close()
+    starts = [s["window_start_ms"] for s in read_summaries(redis.Redis.from_url(redis_url), prefix, last=100)]
+    assert starts == [w * 1000 for w in range(40)]
