@@ -1,6 +1,7 @@
 """Embedding throughput on the training path: forward+backward lookups/s with fbgemm's fused
 row-wise Adagrad, the unified table (26 features, 2.6M rows, swept over num_blocks) against 26
-per-feature tables of 100k rows; and ROBE-Z (Z = d) against ROBE-1.
+per-feature tables of 100k rows; and ROBE-1 and ROBE-Z (Z = d) as the trainer runs them (the array a
+TorchRec table, fused row-wise Adagrad) against the peer gathering from a flat array with dense Adam.
 
     .venv/bin/python bench/embedding_throughput.py            # writes bench/results/embedding_throughput.{json,md}
     .venv/bin/python bench/embedding_throughput.py --reps 5 --threads 1 --threads 2
@@ -137,12 +138,20 @@ def dmp_case(name: str, module: UnifiedEmbedding | HashingTrick, kjt: KeyedJagge
 
 
 def robe_case(name: str, schema: FeatureSchema, block: int, size: int, kjt: KeyedJaggedTensor) -> Case:
-    module = RobeEmbedding(schema, size=size, block=block, multiplexed=True)
-    opt = torch.optim.SGD(module.parameters(), lr=0.01)
+    """ROBE as the trainer runs it: its array a TorchRec table under DMP, fused row-wise Adagrad."""
+    return dmp_case(name, RobeEmbedding(schema, size=size, block=block, multiplexed=True), kjt)
+
+
+def robe_gather_case(name: str, schema: FeatureSchema, block: int, size: int, kjt: KeyedJaggedTensor) -> Case:
+    """The peer (`bench/peers/robe_gather.py`): the same lookups gathered from a flat parameter, dense Adam."""
+    from bench.peers.robe_gather import GatherRobe
+
+    peer = GatherRobe(RobeEmbedding(schema, size=size, block=block, multiplexed=True))
+    opt = torch.optim.Adam([peer.weight], lr=0.01)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        out = module(kjt).values()
+        out = peer(kjt)
         out.backward(torch.ones_like(out))
         opt.step()
 
@@ -264,8 +273,10 @@ def main(
         if n_threads != threads[0]:
             continue
         robe = [
-            robe_case("ROBE-1 (HashedNet)", schema, 1, robe_size, kjt),
-            robe_case(f"ROBE-Z, Z=d={dim}", schema, dim, robe_size, kjt),
+            robe_gather_case("ROBE-1 (HashedNet), flat array + dense Adam (peer)", schema, 1, robe_size, kjt),
+            robe_case("ROBE-1 (HashedNet), table + fused row-wise Adagrad", schema, 1, robe_size, kjt),
+            robe_gather_case(f"ROBE-Z, Z=d={dim}, flat array + dense Adam (peer)", schema, dim, robe_size, kjt),
+            robe_case(f"ROBE-Z, Z=d={dim}, table + fused row-wise Adagrad", schema, dim, robe_size, kjt),
         ]
         measure(robe, rounds, reps, warmup)
         data["sections"].append(section(f"ROBE, multiplexed array of {robe_size} floats, {n_threads} thread(s)", robe))

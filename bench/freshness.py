@@ -94,7 +94,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         "| p50 | p95 | max | target |",
         "|---:|---:|---:|---|",
-        f"| {data['p50_s']:.1f} s | {data['p95_s']:.1f} s | {data['max_s']:.1f} s | p50 < 15 s |",
+        f"| {data['p50_s']:.1f} s | {data['p95_s']:.1f} s | {data['max_s']:.1f} s | p50 < 2 s |",
     ]
     return "\n".join(lines) + "\n"
 

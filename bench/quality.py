@@ -13,6 +13,12 @@ trains one pass over the training split in time order, as a streaming trainer wo
 on the held-out part (ROC AUC and log loss, mean and std over seeds; the seed changes both the
 initialisation and the hash functions).
 
+Compositional methods (QR, CRT, PQ, path, QR with threshold) are given the training split's
+vocabularies (`known_vocab`): they enumerate those values (Shi et al., Def. 1), so each value seen
+in training gets its own tuple of component rows, collision-free whenever the product of the moduli
+covers the vocabulary (Thm 1); values first seen in the held-out part are hashed into the free
+categories. The multiplexed variants (one shared space for all features) hash as before.
+
 Optimiser (the trainer's split, in-process and unsharded): every parameter of the embedding
 method (tables, ROBE arrays, importance weights, MLET projections) with Adagrad at `sparse_lr`,
 the dense network with Adam at `dense_lr`; gradients are dense, which is fine at these sizes.
@@ -39,6 +45,7 @@ from torch.nn import functional as F  # noqa: N812
 from core.logs import get_logger, log_event
 from embedding.budget import FP32, VARIANTS, budget_method_args
 from embedding.events import Event, FeatureBatch, Featurizer
+from embedding.methods import CompositionalEmbedding
 from embedding.methods._ops import jagged
 from embedding.model import DCNModel, ModelConfig, build_model
 from embedding.schema import FeatureSchema, load_schema
@@ -146,7 +153,7 @@ def configs_at(split: Split, share: float, labels: Sequence[str], seed: int) -> 
     budget = int(split.collisionless_bytes * share)
     counts = {n: max(1, len(v)) for n, v in split.vocab.items()}
     for label, (method, args) in budget_method_args(
-        split.schema, budget, vocab=counts, variants=variants, seed=seed
+        split.schema, budget, vocab=counts, variants=variants, seed=seed, known_vocab=True
     ).items():
         if method == "managed_collision":
             args = {**args, "eviction_interval": MC_EVICTION_INTERVAL}
@@ -163,6 +170,8 @@ def build(split: Split, config: ModelConfig) -> DCNModel:
     if config.method == BASELINE:  # fill the vocabulary buffers with the training split's values
         for n, values in split.vocab.items():
             model.sparse.vocabulary(n).copy_(torch.from_numpy(values))
+    if isinstance(model.sparse, CompositionalEmbedding) and model.sparse.vocab_sizes:  # known vocabularies
+        model.sparse.set_vocabulary({n: split.vocab[n] for n in model.sparse.vocab_sizes if len(split.vocab[n])})
     return model
 
 

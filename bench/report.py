@@ -25,11 +25,13 @@ RENDERERS: dict[str, str] = {
     "churn": "bench.churn:render",
     "embedding_throughput": "bench.embedding_throughput:render",
     "freshness": "bench.freshness:render",
+    "gpu": "bench.gpu:render",
     "producer": "bench.producer:render",
     "quantized_predict": "bench.quantized_predict:render",
     "serving": "bench.serving:render",
     "trainer_throughput": "bench.trainer_throughput:render",
     "quality_streaming": "bench.streaming:render",
+    "quality_multisize": "bench.quality_multisize:render",
     "quality_mlet_*": "bench.quality:render_mlet",
     "quality_*": "bench.quality:render",
 }

@@ -9,9 +9,12 @@ store. Three paths score the same request bodies (batch 1, 64 and 512 events):
   following the store by polling, the way `unirec serve` runs it);
 - **peer**: `bench/peers/bare_fastapi.py`, FastAPI validating the same request model with pydantic
   and answering a constant (the floor of HTTP + FastAPI + validation on this machine);
-- **in-process**: the service's own featurize + `ServingModel.predict` on this thread (split into
-  featurize and forward), next to a plain PyTorch forward of the same model (the trainer's
-  unquantised `build_model` module in eval mode) on an already featurized batch as its reference.
+- **in-process**: the service's own featurize (`ServingFeaturizer`, whose remembered fingerprints
+  are warm after the first round of the 16 bodies, as they are in the service; the general
+  `Featurizer` is timed beside it) + `ServingModel.predict` on this thread, next to two references
+  on the same batch: a plain PyTorch forward of the same weights (fp32 `F.embedding_bag` over the
+  unified table on rows hashed beforehand, then the dense layers as functional calls: what the
+  arithmetic costs), and the trainer's TorchRec `DCNModel` (unquantised, eval mode).
 
 The HTTP load client is `wrk` when it is on PATH (Debian package `wrk`: one thread, keep-alive
 connections, a Lua script cycling through pre-encoded bodies), else a Python client (threads with
@@ -46,12 +49,16 @@ import numpy as np
 import orjson
 import torch
 import typer
+from torch.nn import functional as F  # noqa: N812
 
 from bench.report import machine_load, write_results
 from core.net import free_port
-from embedding import Event, Featurizer, load_schema
+from embedding import Event, FeatureBatch, Featurizer, load_schema
 from embedding.export import ExportMeta
-from embedding.model import ModelConfig, build_model
+from embedding.methods.unified import lookup_keys
+from embedding.model import DCNModel, ModelConfig, build_model
+from embedding.serving import ServingFeaturizer
+from embedding.serving.dense_head import DenseHead
 from registry.exporter import Exporter
 from registry.loading import load_serving_model
 from registry.store import LocalModelStore
@@ -212,10 +219,35 @@ def uvicorn(factory: str, port: int) -> list[str]:
 
 
 # -- in-process --------------------------------------------------------------------------------------
-def in_process(model: Any, reference: torch.nn.Module, pool: list[list[Event]], calls: int) -> dict[str, float]:
-    """Median ms of featurize, of `ServingModel.predict`, of both, and of the plain PyTorch reference forward."""
-    featurizer = Featurizer(model.schema)
-    featurize, forward, total, plain = [], [], [], []
+class PlainForward:
+    """The trained model's arithmetic in plain PyTorch: rows hashed beforehand (`prepare`), one fp32
+    `F.embedding_bag` over the unified table, the dense layers as functional calls (`DenseHead`)."""
+
+    def __init__(self, model: DCNModel) -> None:
+        method = model.sparse
+        if method.num_blocks != 1 or any(spec.pooling != "sum" for spec in model.schema.sparse):
+            raise ValueError("the plain reference covers one block of sum-pooled features")
+        self.method = method
+        self.weight = method.ebc.embedding_bags[method.table_name(0)].weight.detach()
+        self.head = DenseHead(model)
+        self.keys = len(lookup_keys(model.schema))
+
+    def prepare(self, batch: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, lengths = self.method.rows(batch.sparse)
+        return rows, torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+
+    def __call__(self, rows: torch.Tensor, offsets: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        n = dense.shape[0]
+        pooled = F.embedding_bag(rows, self.weight, offsets, mode="sum")  # [keys * n, d], key-major
+        x = pooled.view(self.keys, n, -1).transpose(0, 1).reshape(n, -1)
+        return torch.sigmoid(self.head(x, dense))
+
+
+def in_process(model: Any, trained: DCNModel, pool: list[list[Event]], calls: int) -> dict[str, float]:
+    """Median ms of the service's featurize, of `ServingModel.predict`, of both, of the general
+    featurizer, and of the two reference forwards."""
+    featurizer, general, plain = ServingFeaturizer(model.schema), Featurizer(model.schema), PlainForward(trained)
+    times: dict[str, list[float]] = {k: [] for k in ("featurize", "forward", "total", "general", "plain", "torchrec")}
     with torch.inference_mode():
         for i in range(calls):
             events = pool[i % len(pool)]
@@ -224,19 +256,24 @@ def in_process(model: Any, reference: torch.nn.Module, pool: list[list[Event]], 
             t1 = time.perf_counter()
             model.predict(batch)
             t2 = time.perf_counter()
-            torch.sigmoid(reference(batch.sparse, batch.dense))
+            general(events)
+            rows, offsets = plain.prepare(batch)
             t3 = time.perf_counter()
-            featurize.append(t1 - t0)
-            forward.append(t2 - t1)
-            total.append(t2 - t0)
-            plain.append(t3 - t2)
+            plain(rows, offsets, batch.dense)
+            t4 = time.perf_counter()
+            torch.sigmoid(trained(batch.sparse, batch.dense))
+            t5 = time.perf_counter()
+            for key, seconds in zip(times, (t1 - t0, t2 - t1, t2 - t0, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                times[key].append(seconds)
     med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
     return {
-        "featurize_ms": med(featurize),
-        "forward_ms": med(forward),
-        "total_ms": med(total),
-        "reference_forward_ms": med(plain),
-        "p99_total_ms": float(np.percentile(total, 99) * 1000),
+        "featurize_ms": med(times["featurize"]),
+        "forward_ms": med(times["forward"]),
+        "total_ms": med(times["total"]),
+        "p99_total_ms": float(np.percentile(times["total"], 99) * 1000),
+        "general_featurize_ms": med(times["general"]),
+        "reference_forward_ms": med(times["plain"]),
+        "torchrec_forward_ms": med(times["torchrec"]),
     }
 
 
@@ -491,14 +528,20 @@ def render(data: dict[str, Any]) -> str:
         "",
         "## In-process (this thread, medians per call)",
         "",
-        "| batch | featurize ms | forward ms | featurize + forward ms | p99 ms | plain PyTorch forward ms "
-        "(reference) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "Featurize: the service's `ServingFeaturizer` (fingerprints of the bodies' values remembered); "
+        "the general `Featurizer` beside it. References on the same batch: plain PyTorch (fp32 "
+        "`F.embedding_bag` on rows hashed beforehand + functional dense layers) and the trainer's TorchRec "
+        "`DCNModel`.",
+        "",
+        "| batch | featurize ms | forward ms | featurize + forward ms | p99 ms | general featurize ms "
+        "| plain PyTorch forward ms | TorchRec module forward ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["in_process"]:
         lines.append(
             f"| {r['batch']} | {r['featurize_ms']:.3f} | {r['forward_ms']:.3f} | {r['total_ms']:.3f} | "
-            f"{r['p99_total_ms']:.3f} | {r['reference_forward_ms']:.3f} |"
+            f"{r['p99_total_ms']:.3f} | {r['general_featurize_ms']:.3f} | {r['reference_forward_ms']:.3f} | "
+            f"{r['torchrec_forward_ms']:.3f} |"
         )
     sw = data["swaps"]
     a, d = sw["without_deltas"], sw["with_deltas"]

@@ -4,8 +4,10 @@ On CPU the planner may choose what fbgemm's CPU kernels support (table-wise, col
 parallel); the unified table is stored as row blocks, so table-wise placement of blocks spreads one
 logical table over the ranks. On CUDA the plan is row-wise for every embedding table (NCCL; the
 loop's CPU control tensors go through gloo in the same process group).
-The sparse optimiser (row-wise Adagrad) runs fused in backward; dense parameters use Adam (fused),
-all-reduced by DDP across ranks (one rank: no DDP wrapper, nothing to all-reduce).
+The sparse optimiser (row-wise Adagrad) runs fused in backward on every TorchRec table, which
+includes ROBE/HashedNet arrays (tables of 4-element rows) and MLET's inner tables; dense parameters
+(the network, MLET projections, path-QR maps) use Adam (fused), all-reduced by DDP across ranks
+(one rank: no DDP wrapper, nothing to all-reduce).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from embedding.model import build_model
 from embedding.schema import FeatureSchema, load_schema
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.churn import ChurnSettings, ChurnTracker, fingerprints_of, rows_of
+from trainer.device import DeviceBatch, HostToDevice
 from trainer.distributed import DistContext, init_distributed, shard_model
 from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
@@ -79,10 +81,22 @@ def pad_batch(
     return padded, dense, labels, weights
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the ingest thread makes of a batch for the step: the unified table's routing (None for
+    other methods: the model hashes the fingerprints itself) and the batch staged on the device."""
+
+    routed: Routed | None
+    staged: DeviceBatch
+
+
 class Trainer:
     def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
-        self.ctx: DistContext = init_distributed()
+        if settings.device == "cuda" and not torch.cuda.is_available():
+            raise TrainerError("UNIREC_TRAINER_DEVICE=cuda but torch sees no CUDA device; expected auto or cpu here")
+        self.ctx: DistContext = init_distributed(prefer_cuda=settings.device != "cpu")
+        self.h2d = HostToDevice(self.ctx.device)
         torch.set_num_threads(settings.threads or max(1, (torch.get_num_threads()) // self.ctx.world_size))
         self.schema: FeatureSchema = load_schema(settings.schema_name)
         self.config = settings.model
@@ -229,12 +243,14 @@ class Trainer:
         n_max, not_drained, stop_any, *decisions = flags.tolist()
         return n_max, bool(stop_any), not not_drained, [bool(f) for f in decisions]
 
-    def prepare(self, features: FeatureBatch) -> Routed | None:
+    def prepare(self, features: FeatureBatch) -> Prepared | None:
         """The model's input for a batch, computed once (in the ingest thread): the unified table's
-        routed KJT and rows; None for other methods (the model hashes the fingerprints itself)."""
-        if self.unified is None or not len(features):
+        routed KJT and rows, and the unpadded batch's copy to the device launched (None: empty batch)."""
+        if not len(features):
             return None
-        return self.unified.prepare(features.sparse)
+        routed = self.unified.prepare(features.sparse) if self.unified is not None else None
+        padded = pad_batch(features, len(features), routed.kjt if routed is not None else None)
+        return Prepared(routed, self.h2d.stage(*padded))
 
     def train_batch(self, batch: Batch | None, size: int | None = None) -> None:
         """One collective step on this rank's batch (None: an all-padding batch), padded to `size`
@@ -242,18 +258,20 @@ class Trainer:
         if self.first_batch_at is None and batch is not None:
             self.first_batch_at = time.monotonic()
         features = batch.features if batch is not None else self._empty
-        routed = None
+        prepared = None
         if batch is not None and len(batch):
-            routed = batch.prepared if batch.prepared is not None else self.prepare(features)
+            prepared = batch.prepared if batch.prepared is not None else self.prepare(features)
+        routed = prepared.routed if prepared is not None else None
         size = size or max(len(features), 1)
-        sparse, dense, labels, weights = pad_batch(features, size, routed.kjt if routed is not None else None)
+        padded = pad_batch(features, size, routed.kjt if routed is not None else None)
+        labels = padded[2]
         self._track(batch, routed)
-        logits = self.model(sparse.to(self.ctx.device), dense.to(self.ctx.device))
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, labels.to(self.ctx.device), reduction="none"
-        )
+        staged = prepared.staged if prepared is not None and prepared.staged.size == size else None
+        on_device = self.h2d.ready(staged or self.h2d.stage(*padded))  # padded to another rank's size: copy now
+        logits = self.model(on_device.sparse, on_device.dense)
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, on_device.labels, reduction="none")
         n = len(features)
-        loss = (losses * weights.to(self.ctx.device)).sum() / max(n, 1)
+        loss = (losses * on_device.weights).sum() / max(n, 1)
         self.dense_opt.zero_grad()
         loss.backward()
         self.dense_opt.step()

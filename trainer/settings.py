@@ -42,6 +42,9 @@ class TrainerSettings(CommonSettings):
     For `unified`, row blocks are placed table-wise over CPU ranks; fewer blocks are faster per rank
     (bench/results/embedding_throughput.md), so the default matches the default 2 ranks."""
 
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each rank trains: auto takes its CUDA device (LOCAL_RANK) when torch sees one, else the CPU."""
+
     # optimisation
     batch_size: int = Field(64, ge=1)
     """Events per step at most. 64 from measurement: under backlog batch 1024 trains about 2.4x faster

@@ -151,11 +151,28 @@ def read_full(source: Source, expected_schema: FeatureSchema | None = None) -> F
             got = "absent" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)}"
             raise _fail(source, TABLES, "tensor shape", f"table {table.key!r} is {got}, expected {dtype} {shape}")
     params = _load_st(source, PARAMS, data[PARAMS])
+    _check_robe_layout(source, manifest, params)
     seen = None
     if SEEN in data:
         packed = _load_st(source, SEEN, data[SEEN])
         seen = {t.key: unpack_bits(packed[t.key], t.rows) for t in manifest.tables if t.key in packed}
     return FullArtifact(manifest, schema, tables, params, seen)
+
+
+def _check_robe_layout(source: Source, manifest: Manifest, params: Mapping[str, torch.Tensor]) -> None:
+    """ROBE artifacts without `hash_version` in their config are hash version 2 (the only one built)
+    when their array is a table; one written as a flat `sparse.weight` tensor predates the tables and
+    recorded no hash version, so it may hash with version 1 (colliding chunks moved together):
+    refused rather than served with other hashes than it was trained with."""
+    if manifest.method == "robe" and "sparse.weight" in params:
+        version = manifest.method_config.get("hash_version")
+        raise _fail(
+            source,
+            PARAMS,
+            "method layout",
+            f"ROBE array stored as a flat tensor (hash_version {version if version is not None else 'unrecorded'}):"
+            " written before ROBE arrays were TorchRec tables; retrain the model with this version",
+        )
 
 
 def read_delta(source: Source, base: Manifest | None = None) -> DeltaArtifact:

@@ -88,6 +88,24 @@ class _Layout:
     shapes: dict[str, tuple[int, ...]]
     tables: list[TableEntry]
     collapsible: bool
+    versions: dict[str, Any]
+    """The method's format versions (`hash_version` of ROBE), recorded in the manifest's config."""
+
+
+_VERSION_KEYS = ("hash_version",)
+
+
+def _versions(method: nn.Module) -> dict[str, Any]:
+    config = method.config()  # type: ignore[operator]
+    return {k: config[k] for k in _VERSION_KEYS if k in config}
+
+
+def _with_versions(config: ModelConfig, versions: Mapping[str, Any]) -> ModelConfig:
+    """`config` with the method's format versions written out, so an artifact says how it hashes
+    even when the trainer's arguments left them at their defaults."""
+    if all(k in config.method_args for k in versions):
+        return config
+    return config.model_copy(update={"method_args": {**versions, **config.method_args}})
 
 
 _LAYOUTS: dict[tuple[str, str], _Layout] = {}
@@ -104,6 +122,7 @@ def _layout(schema: FeatureSchema, config: ModelConfig) -> _Layout:
             {k: tuple(v.shape) for k, v in model.state_dict().items()},
             find_tables(model.sparse),
             hasattr(model.sparse, "collapse"),
+            _versions(model.sparse),
         )
         if len(_LAYOUTS) >= 16:
             _LAYOUTS.clear()
@@ -133,11 +152,13 @@ def prepare(source: ModelSource) -> ExportState:
             k = bad[0]
             raise ValueError(f"state_dict[{k!r}] has shape {tuple(state[k].shape)}, model expects {expected[k]}")
         if not layout.collapsible:
-            return ExportState(schema, config, config.method, state, list(layout.tables), collapsed=False)
+            served = _with_versions(config, layout.versions)
+            return ExportState(schema, served, config.method, state, list(layout.tables), collapsed=False)
         model = _build(schema, config, meta=False)
         model.load_state_dict(state)
     if not hasattr(model.sparse, "collapse"):
-        return ExportState(schema, config, config.method, state, find_tables(model.sparse), collapsed=False)
+        served = _with_versions(config, _versions(model.sparse))
+        return ExportState(schema, served, config.method, state, find_tables(model.sparse), collapsed=False)
     with torch.no_grad():
         single = model.sparse.collapse()
     served = config.model_copy(update={"method": single.method, "method_args": single.config()})

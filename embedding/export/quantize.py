@@ -31,10 +31,14 @@ def check_quantization(quantization: str, dim: int | None = None) -> Quantizatio
 
 def table_quantization(requested: str, dim: int) -> Quantization:
     """The storage of one table: `requested`, except int4 for a dim fbgemm cannot pack (not a
-    multiple of 4: e.g. the 2-wide importance weights of hash embeddings), which stays int8."""
+    multiple of 4), which becomes int8, and int8 for rows of at most 8 values, which become fp16:
+    there the row's 8 bytes of scale and bias make int8 (d + 8 bytes) no smaller than fp16 (2d),
+    e.g. ROBE's 4-wide rows or the importance weights of hash embeddings."""
     check_quantization(requested)
     if requested == "int4" and dim % 4:
-        return "int8"
+        requested = "int8"
+    if requested == "int8" and dim + 8 >= 2 * dim:
+        return "fp16"
     return requested  # type: ignore[return-value]
 
 

@@ -12,6 +12,12 @@ Initialisation as in the paper (App., "Initialization strategy"): the inner tabl
 table together), and the projection W1 is Gaussian with std `init_std`, 0.5 by default, the
 paper's value for every model but DLRM (0.25 there): too small and the MLET enhancement vanishes.
 
+Training in the trainer: W2 is the wrapped method's TorchRec table(s), so it is trained sparsely
+(fbgemm TBE, fused row-wise Adagrad on the rows a batch reads) and sharded like any table. W1 is
+replicated and trained with the dense network (Adam, gradients all-reduced by DDP): every lookup
+reads all of W1, so each step's gradient covers all of it and a sparse update would touch every
+row anyway; it is k x d floats (4 KiB at k = 64, d = 16), nothing to shard.
+
 `collapse()` returns the wrapped method's own class with the collapsed
 weights (hashes, vocabularies and config unchanged), which reproduces this forward.
 """

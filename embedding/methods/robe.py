@@ -19,8 +19,24 @@ r = Z / D values share one block of Z elements. A value's fingerprint is mapped 
 (u = 2-universal, injective below P), its group u // r picks the block h_0(u // r) and its slot
 u mod r the D-element sub-block, so the r values of a group never overlap each other.
 
-The gather is one vectorised index op, so autograd sums the (signed) gradients of every element
-that reads M[j] back into M[j], as the paper's backward pass does.
+Storage and training: M lives in a TorchRec table of rows of `ROW_WIDTH` = 4 elements (fbgemm's
+narrowest row; element j is row j // 4, column j % 4), so the array trains like every other table:
+sparse, through fbgemm's TBE with the fused row-wise Adagrad of the trainer (the four elements of
+a row share one accumulator), sharded by the planner (table-wise on CPU ranks, row-wise on CUDA)
+and quantised and served by the same code as the other tables. Every bag is per example (batch
+stride), so the lookup has the same shape on every rank. Element i of a feature's embedding is
+read as follows (keys of the table, in schema order):
+
+- a single-valued feature (`multivalent: false`, at most one value per example): one key
+  `{feature}@{i}`, whose bag holds the row of its value's position; the element is column
+  (position mod 4) of the looked-up row, times the sign;
+- a multivalent feature: one key `{feature}@{i}%{c}{+|-}` per column c and sign, whose bag holds
+  the rows of the positions in column c with that sign; the element is column c of the pooled
+  row of bag (c, +) minus that of (c, -), summed over c.
+
+So the forward is exactly sum_x g_i(x) M[h(x)_i] and the backward sums the signed gradients of
+every element that reads M[j] into M[j], as the paper's backward pass does; no per-sample weights
+are needed (their gradient would cost fbgemm a pass of its own).
 
 - multiplexed (the ROBE paper's own layout): one array for all features; a feature's hashes are
   drawn per seed group (the paper's table id e; features of one group share embeddings).
@@ -35,7 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from embedding.hashing import (
@@ -46,11 +62,14 @@ from embedding.hashing import (
     mod_mersenne61_u64,
     mul_mod_mersenne61,
 )
-from embedding.methods._ops import allocate, jagged, mean_pool_fix, pool
+from embedding.methods._ops import allocate, bag_index, jagged, mean_pool_fix, table
 from embedding.methods.base import EmbeddingMethod, register
 from embedding.schema import FeatureSchema
 
 HASH_VERSION = 2
+ROW_WIDTH = 4
+"""Elements of M per table row: the narrowest row fbgemm's TBE takes (widths are multiples of 4)."""
+TABLE = "robe"
 
 
 def hash_columns(values: torch.Tensor, hashes: Sequence[UniversalHash]) -> torch.Tensor:
@@ -147,8 +166,27 @@ class RobeEmbedding(EmbeddingMethod):
                 total += self.sizes[n]
         if min(self.sizes.values()) < 1:
             raise ValueError(f"every ROBE array needs >= 1 element; got sizes={self.sizes}")
-        self.weight = nn.Parameter(torch.empty(total, device=torch.device(device)).normal_(0.0, init_std))
+        self.total = total
+        self._lanes = {n: sum(schema.width(m) for m in names[: names.index(n)]) for n in names}
+        self._signs = ("+", "-") if signed else ("+",)
+        self._keys: list[str] = []
+        for spec in schema.sparse:
+            lanes = range(schema.width(spec.name))
+            if spec.multivalent:
+                cols = [f"%{c}{s}" for c in range(ROW_WIDTH) for s in self._signs]
+                self._keys += [f"{spec.name}@{i}{col}" for i in lanes for col in cols]
+            else:
+                self._keys += [f"{spec.name}@{i}" for i in lanes]
+        rows = -(-total // ROW_WIDTH)
+        self.ebc = EmbeddingBagCollection(
+            tables=[table(TABLE, rows, ROW_WIDTH, self._keys, std=init_std)], device=torch.device(device)
+        )
         self._hashes = {n: self.hashes(n) for n in names}
+
+    @property
+    def array(self) -> torch.Tensor:
+        """M as a flat view of the table (its first `total` elements; the last row's tail is never read)."""
+        return self.ebc.embedding_bags[TABLE].weight.view(-1)[: self.total]
 
     def hashes(self, feature: str) -> tuple[list[UniversalHash], list[UniversalHash] | None, UniversalHash | None]:
         """(chunk hashes h_c onto the feature's array, sign hashes g_i onto {0, 1} or None, the club
@@ -175,7 +213,7 @@ class RobeEmbedding(EmbeddingMethod):
             "hash_version": HASH_VERSION,
         }
         if self.multiplexed:
-            out["size"] = self.weight.numel()
+            out["size"] = self.total
         else:
             out["sizes"] = dict(self.sizes)
         return out
@@ -196,17 +234,65 @@ class RobeEmbedding(EmbeddingMethod):
             idx = (starts.repeat_interleave(z, dim=1)[:, :width] + lane % z) % size
         sign = None
         if sign_hashes is not None:
-            sign = hash_columns(values, sign_hashes).to(self.weight.dtype) * 2 - 1
+            sign = hash_columns(values, sign_hashes).to(torch.float32) * 2 - 1
         return idx + self._offsets[feature], sign
 
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+    def route(self, features: KeyedJaggedTensor) -> tuple[KeyedJaggedTensor, dict[str, tuple[torch.Tensor, ...]]]:
+        """The table's input (keys of the module doc, one bag per example) and, per feature, what
+        turns the pooled rows back into elements: (column, sign) [batch, width] of single-valued
+        features, () of multivalent ones."""
         bags = jagged(features, self.schema)
-        per_feature = []
+        batch = features.stride()
+        values, lengths = [], []
+        picks: dict[str, tuple[torch.Tensor, ...]] = {}
+        n_signs = len(self._signs)
         for spec in self.schema.sparse:
             bag = bags[spec.name]
-            idx, sign = self.indices(spec.name, bag.values())
-            vectors = self.weight[idx]
-            if sign is not None:
-                vectors = vectors * sign
-            per_feature.append(pool(vectors, bag.lengths()))
-        return self.output(mean_pool_fix(self.schema, bags, per_feature))
+            idx, sign = self.indices(spec.name, bag.values())  # [n, width]
+            width = idx.shape[1]
+            row, col = torch.div(idx, ROW_WIDTH, rounding_mode="floor"), idx % ROW_WIDTH
+            if not spec.multivalent:
+                if bag.values().numel() and int(bag.lengths().max()) > 1:
+                    raise ValueError(
+                        f"feature {spec.name!r} is not multivalent but a bag holds {int(bag.lengths().max())} "
+                        "values; declare it `multivalent: true` in the schema"
+                    )
+                example = bag_index(bag.lengths())
+                values.append(row.T.reshape(-1))
+                lengths.append(bag.lengths().repeat(width))
+                full_col = torch.zeros((batch, width), dtype=torch.int64, device=idx.device)
+                full_sign = torch.zeros((batch, width), dtype=torch.float32, device=idx.device)
+                full_col[example] = col
+                full_sign[example] = sign if sign is not None else 1.0
+                picks[spec.name] = (full_col, full_sign)
+                continue
+            lane = torch.arange(width, device=idx.device)
+            negative = (sign < 0).long() if sign is not None else torch.zeros_like(idx)
+            key = ((lane * ROW_WIDTH + col) * n_signs + negative) * batch  # [n, width]
+            slot = (key + bag_index(bag.lengths()).unsqueeze(1)).reshape(-1)
+            order = torch.argsort(slot, stable=True)
+            values.append(row.reshape(-1)[order])
+            lengths.append(torch.bincount(slot, minlength=width * ROW_WIDTH * n_signs * batch))
+            picks[spec.name] = ()
+        kjt = KeyedJaggedTensor(keys=self._keys, values=torch.cat(values), lengths=torch.cat(lengths))
+        return kjt, picks
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        batch = features.stride()
+        kjt, picks = self.route(features)
+        pooled = self.ebc(kjt).values()  # [batch, keys * 4], keys in schema order
+        per_feature, start = [], 0
+        for spec in self.schema.sparse:
+            width = self.schema.width(spec.name)
+            if picks[spec.name]:
+                col, sign = picks[spec.name]
+                rows = pooled[:, start : start + width * ROW_WIDTH].view(batch, width, ROW_WIDTH)
+                per_feature.append(rows.gather(2, col.unsqueeze(2)).squeeze(2) * sign)
+                start += width * ROW_WIDTH
+            else:
+                n = width * ROW_WIDTH * len(self._signs) * ROW_WIDTH
+                rows = pooled[:, start : start + n].view(batch, width, ROW_WIDTH, len(self._signs), ROW_WIDTH)
+                signed = rows[:, :, :, 0] - rows[:, :, :, 1] if len(self._signs) == 2 else rows[:, :, :, 0]
+                per_feature.append(signed.diagonal(dim1=2, dim2=3).sum(-1))
+                start += n
+        return self.output(mean_pool_fix(self.schema, jagged(features, self.schema), per_feature))

@@ -2,6 +2,7 @@
 
     model = model_from_source(DirSource(path), expected_schema=schema)
     probs = model.predict(featurizer(events))                   # [batch] probabilities
+    scored = model.score(featurizer(events))                    # the same, plus unseen-ID counts
     model = model.apply_delta(read_delta(source_of_delta, model.manifest))
 
 Loading from a model store (its serving version, deltas, catching up) is `registry.loading`.
@@ -11,6 +12,11 @@ trainer runs); each TorchRec EmbeddingBagCollection inside the embedding method 
 `QuantEmbeddingBags` holding the artifact's quantised rows, and every other tensor (dense layers,
 non-table method parameters) is loaded from `params.safetensors`. A ServingModel is immutable:
 `apply_delta` returns a new one, so the old one keeps answering requests until it is swapped out.
+
+Unified-embedding models (the service's default) are scored through a lean path of the same
+kernels, `UnifiedLookup` + `DenseHead`, with answers bit-identical to the module's forward: at
+serving batch sizes TorchRec's per-call objects (KJT permutes, KeyedTensors, nested modules) cost
+more than the arithmetic. Other methods run the module itself.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -28,9 +35,12 @@ from embedding.errors import ArtifactError
 from embedding.events import FeatureBatch
 from embedding.export.artifact import DeltaArtifact, FullArtifact, Source, read_full
 from embedding.export.manifest import DeltaManifest, Manifest
+from embedding.methods.unified import UnifiedEmbedding
 from embedding.model import DCNModel, build_model
 from embedding.schema import FeatureSchema
+from embedding.serving.dense_head import DenseHead
 from embedding.serving.tables import QuantEmbeddingBags
+from embedding.serving.unified_lookup import UnifiedLookup
 
 logger = get_logger("serving")
 
@@ -102,6 +112,49 @@ def _build_serving_module(artifact: FullArtifact) -> tuple[DCNModel, dict[str, Q
 
 
 @dataclass(frozen=True)
+class Scored:
+    probabilities: torch.Tensor
+    """Click probabilities [batch]."""
+    unseen: dict[str, int] | None
+    """Per sparse feature: looked-up values reading a row never updated in training (None: not known)."""
+
+
+class _Lean:
+    """The lean forward of a unified-embedding model (see the module doc)."""
+
+    def __init__(self, module: DCNModel, tables: dict[str, QuantEmbeddingBags]) -> None:
+        self.lookup = UnifiedLookup(module.sparse, tables["sparse.ebc"])
+        self.head = DenseHead(module)
+        schema = module.schema
+        self.lookups = [(spec.name, spec.lookups) for spec in schema.sparse]
+
+    def logits(self, batch: FeatureBatch) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        pooled = self.lookup(batch.sparse)
+        return self.head(pooled.embeddings, batch.dense), pooled.rows, pooled.counts
+
+    def unseen(self, seen: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> dict[str, int]:
+        """Per feature, values whose rows are not all seen (a value reads one row per lookup)."""
+        hit = seen[rows]
+        out, start, key = {}, 0, 0
+        for name, lookups in self.lookups:
+            n = int(counts[key])
+            segment = hit[start : start + lookups * n]
+            out[name] = n - int(np.count_nonzero(segment.reshape(lookups, n).all(axis=0)))
+            start += lookups * n
+            key += lookups
+        return out
+
+
+def _lean_path(module: DCNModel, tables: dict[str, QuantEmbeddingBags]) -> _Lean | None:
+    if type(module.sparse) is not UnifiedEmbedding or set(tables) != {"sparse.ebc"}:
+        return None
+    try:
+        return _Lean(module, tables)
+    except (TypeError, ValueError):  # a layout the lean path does not know: the module serves
+        return None
+
+
+@dataclass(frozen=True)
 class ServingModel:
     """An immutable, ready-to-serve model of one full version plus deltas 1..seq."""
 
@@ -129,16 +182,40 @@ class ServingModel:
         """Event-time watermark of the newest weights (the last delta's, else the full export's)."""
         return self.delta.watermark_ms if self.delta is not None else self.manifest.watermark_ms
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_lean", _lean_path(self.module, self.tables))
+
     def predict(self, batch: FeatureBatch) -> torch.Tensor:
         """Click probabilities [batch]."""
         with torch.inference_mode():
             if len(batch) == 0:
                 return torch.empty(0)
-            return torch.sigmoid(self.module(batch.sparse, batch.dense))
+            return torch.sigmoid(self._logits(batch))
 
     def logits(self, batch: FeatureBatch) -> torch.Tensor:
         with torch.inference_mode():
+            return self._logits(batch)
+
+    def score(self, batch: FeatureBatch) -> Scored:
+        """`predict` and the unseen-ID counts of `seen_mask`, from one hash of the batch."""
+        lean: _Lean | None = self.__dict__["_lean"]
+        with torch.inference_mode():
+            if len(batch) == 0:
+                return Scored(torch.empty(0), None)
+            if lean is None:
+                masks = self.seen_mask(batch)
+                unseen = None if masks is None else {k: int(m.numel() - m.sum()) for k, m in masks.items()}
+                return Scored(torch.sigmoid(self.module(batch.sparse, batch.dense)), unseen)
+            logits, rows, counts = lean.logits(batch)
+            logical = self._logical_seen()
+            unseen = None if logical is None else lean.unseen(logical.numpy(), rows, counts)
+            return Scored(torch.sigmoid(logits), unseen)
+
+    def _logits(self, batch: FeatureBatch) -> torch.Tensor:
+        lean: _Lean | None = self.__dict__["_lean"]
+        if lean is None:
             return self.module(batch.sparse, batch.dense)
+        return lean.logits(batch)[0]
 
     def apply_delta(self, delta: DeltaArtifact) -> ServingModel:
         """A new model with `delta` applied (this one is untouched). ArtifactError when the delta is

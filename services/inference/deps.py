@@ -2,6 +2,9 @@
 
 Every dependency is `async def`: FastAPI runs a plain `def` dependency in its thread pool, one
 thread hop (and a GIL handoff) per dependency per request, which cost more than the model at batch 1.
+`POST /v1/predict` takes none at all: solving its seven (the served model and the optional API key
+with their sub-dependencies) cost more CPU per request than featurizing and scoring one event, so
+it calls `served_or_503` and `check_predict_key` itself.
 """
 
 from __future__ import annotations
@@ -48,12 +51,16 @@ async def get_follower(request: Request) -> Follower | None:
     return request.app.state.follower
 
 
-async def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
+def served_or_503(holder: ModelHolder) -> Served:
     """The model for this request, taken once: a swap during the request does not affect it."""
     served = holder.current
     if served is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model loaded yet", headers={"Retry-After": "5"})
     return served
+
+
+async def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
+    return served_or_503(holder)
 
 
 SettingsDep = Annotated[ServeSettings, Depends(app_settings)]
@@ -89,15 +96,17 @@ async def require_admin(
     _check_key(settings, header, bearer)
 
 
-async def require_predict_key(
-    settings: SettingsDep,
-    header: Annotated[str | None, Depends(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Predict: the API key is required only with `predict_requires_key`."""
-    if settings.predict_requires_key:
-        _check_key(settings, header, bearer)
+def check_predict_key(settings: ServeSettings, request: Request) -> None:
+    """Predict: the API key is required only with `predict_requires_key` (read from the headers that
+    `APIKeyHeader` and `HTTPBearer` read)."""
+    if not settings.predict_requires_key:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if scheme.lower() == "bearer" else None
+    _check_key(settings, request.headers.get("x-api-key"), bearer if bearer and token else None)
 
+
+PREDICT_SECURITY = [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+"""The predict route's `security` in /openapi.json (the schemes the admin routes' dependencies declare)."""
 
 AdminAuth = Depends(require_admin)
-PredictAuth = Depends(require_predict_key)

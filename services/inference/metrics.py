@@ -80,6 +80,7 @@ class ServeMetrics:
         for reason in FAILURE_REASONS:
             self.failed_loads.labels(reason=reason)
         self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._feature_children: dict[tuple[str, str], Counter] = {}
         self._counts = {"predict_requests": 0, "predictions": 0, "errors": 0, "started_at": time.time()}
         self._version: str | None = None
         self._watermark_s: float | None = None
@@ -98,6 +99,13 @@ class ServeMetrics:
                 self._counts["predictions"] += batch
         if status >= 500:
             self._counts["errors"] += 1
+
+    def count_feature(self, family: str, feature: str, amount: int) -> None:
+        """Add to the `feature` series of `lookups`, `unseen_ids` or `missing_features`."""
+        child = self._feature_children.get((family, feature))
+        if child is None:
+            child = self._feature_children[(family, feature)] = getattr(self, family).labels(feature=feature)
+        child.inc(amount)
 
     def counts(self) -> dict[str, float]:
         """This process's running totals (the status page turns them into rates)."""

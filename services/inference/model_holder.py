@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 
 from core.logs import get_logger, log_event
 from embedding.errors import ArtifactError, SchemaError
-from embedding.events import Featurizer
 from embedding.schema import FeatureSchema
+from embedding.serving.featurize import ServingFeaturizer
 from services.inference.metrics import ServeMetrics
 from services.inference.source import ModelSource, ServingModelLike
 
@@ -90,7 +90,7 @@ class Served:
     """One loaded model with what every request needs precomputed."""
 
     model: ServingModelLike
-    featurizer: Featurizer
+    featurizer: ServingFeaturizer
     kind: str
     loaded_at: float
     reject_missing: tuple[str, ...]
@@ -111,8 +111,11 @@ class Served:
         return max(0.0, (time.time() if now is None else now) - self.watermark_ms / 1000.0)
 
     @classmethod
-    def wrap(cls, model: ServingModelLike, kind: str) -> Served:
+    def wrap(cls, model: ServingModelLike, kind: str, featurizer: ServingFeaturizer | None = None) -> Served:
+        """`featurizer`: the previous model's, kept when the schema is the same (and its remembered fingerprints)."""
         schema = model.schema
+        if featurizer is None or featurizer.schema.fingerprint() != schema.fingerprint():
+            featurizer = ServingFeaturizer(schema)
         manifest = _as_dict(model.manifest)
         delta = _as_dict(getattr(model, "delta", None))
         training = {k: manifest[k] for k in _TRAINING_FIELDS if k in manifest}
@@ -125,7 +128,7 @@ class Served:
             watermark = training.get("watermark_ms")
         return cls(
             model=model,
-            featurizer=Featurizer(schema),
+            featurizer=featurizer,
             kind=kind,
             loaded_at=time.time(),
             reject_missing=tuple(f.name for f in schema.sparse if f.on_missing == "reject"),
@@ -220,7 +223,7 @@ class ModelHolder:
                 return current
             started = time.perf_counter()
             model, how = self._obtain(current, target, kind)
-            served = Served.wrap(model, how)
+            served = Served.wrap(model, how, current.featurizer if current is not None else None)
             self._swap(served)
             if unpin:
                 self.pinned = False

@@ -3,7 +3,8 @@
 `score` answers one request; `score_requests` answers several (the dynamic batcher's) with one
 forward, each on the `Served` model the requests took at their start. The only per-event Python
 loops are the featurizer's, plus ones on error paths (to name
-the event a 422 is about) and when events carry unknown features (to count them).
+the event a 422 is about) and when events carry unknown features (to count them). Unseen IDs are
+counted from the rows the forward looked up (`ServingModel.score`), not hashed a second time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def score(served: Served, events: Sequence[Event], metrics: ServeMetrics) -> np.
     _count(served, events, batch, metrics)
     if problem is not None:
         raise problem
-    return _forward(served, batch)
+    return _forward(served, batch, metrics)
 
 
 def score_requests(
@@ -56,7 +57,7 @@ def score_requests(
     if _problem(served, merged, batch) is not None:
         return [_outcome(served, events, metrics) for events in requests]
     _count(served, merged, batch, metrics)
-    probabilities = _forward(served, batch)
+    probabilities = _forward(served, batch, metrics)
     bounds = np.cumsum([0, *map(len, requests)])
     return [probabilities[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -68,10 +69,21 @@ def _outcome(served: Served, events: Sequence[Event], metrics: ServeMetrics) -> 
         return exc
 
 
-def _forward(served: Served, batch: FeatureBatch) -> np.ndarray:
+def _forward(served: Served, batch: FeatureBatch, metrics: ServeMetrics) -> np.ndarray:
+    """Probabilities of a batch that passed `_problem`; counts its unseen IDs."""
+    model = served.model
     with torch.inference_mode():
-        probabilities = served.model.predict(batch)
-    return probabilities.detach().to(torch.float32).reshape(-1).numpy()
+        if hasattr(model, "score"):
+            scored = model.score(batch)
+            probabilities, unseen = scored.probabilities, scored.unseen
+        else:  # another ServingModelLike: its own seen masks, when it has them
+            probabilities = model.predict(batch)
+            masks = model.seen_mask(batch) if hasattr(model, "seen_mask") else None
+            unseen = None if masks is None else {k: int(m.numel() - m.sum()) for k, m in masks.items()}
+    for name, count in (unseen or {}).items():
+        if count:
+            metrics.count_feature("unseen_ids", name, count)
+    return probabilities.to(torch.float32).reshape(-1).numpy()
 
 
 def _problem(served: Served, events: Sequence[Event], batch: FeatureBatch) -> RequestInvalid | None:
@@ -110,9 +122,9 @@ def _problem(served: Served, events: Sequence[Event], batch: FeatureBatch) -> Re
 
 
 def _count(served: Served, events: Sequence[Event], batch: FeatureBatch, metrics: ServeMetrics) -> None:
-    """Missing and unknown features always; lookups and unseen IDs of batches that are scored."""
+    """Missing and unknown features always; lookups of batches that are scored (unseen IDs: `_forward`)."""
     for name, count in batch.missing.items():
-        metrics.missing_features.labels(feature=name).inc(count)
+        metrics.count_feature("missing_features", name, count)
     unknown = batch.unknown
     if unknown:
         metrics.unknown_features.inc(
@@ -122,14 +134,7 @@ def _count(served: Served, events: Sequence[Event], batch: FeatureBatch, metrics
         return
     for name, count in zip(batch.sparse.keys(), batch.sparse.length_per_key(), strict=True):
         if count:
-            metrics.lookups.labels(feature=name).inc(count)
-    seen_mask = getattr(served.model, "seen_mask", None)
-    masks = seen_mask(batch) if seen_mask is not None else None
-    if masks:  # None when the artifact carries no seen rows: then only lookups are counted
-        for name, mask in masks.items():
-            unseen = int(mask.numel() - mask.sum())
-            if unseen:
-                metrics.unseen_ids.labels(feature=name).inc(unseen)
+            metrics.count_feature("lookups", name, count)
 
 
 def _bad_value_details(served: Served, events: Sequence[Event], exc: Exception) -> list[dict]:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from bench import quality as q
 from bench.cli import bench_app
+from embedding.events import Event
+from embedding.methods._ops import jagged
 
 
 def test_budget_shares_are_log_spaced_between_the_ends() -> None:
@@ -51,3 +55,31 @@ def test_fast_mode_writes_the_table_and_plot_with_sane_aucs(movielens_dir: Path,
     unified = max((r for r in runs if r["label"] == "unified"), key=lambda r: r["budget_share"])
     assert unified["auc"] > 0.6, table
     assert "| unified |" in table and "**" in table
+
+
+def test_compositional_methods_enumerate_the_training_vocabulary() -> None:
+    """QR gets the split's vocabularies: with moduli covering them, every training value its own tuple."""
+    from embedding.events import Featurizer
+    from embedding.methods import CompositionalEmbedding
+    from embedding.schema import load_schema
+
+    schema = load_schema("movielens")
+    rng = np.random.default_rng(0)
+    events = [
+        Event(event_id=f"e{i}", ts=i, label=int(rng.random() < 0.5),
+              sparse={"user": int(u), "movie": int(rng.integers(0, 900)), "gender": "MF"[i % 2]})
+        for i, u in enumerate(rng.integers(0, 500, 2000))
+    ]  # fmt: skip
+    batch = Featurizer(schema)(events)
+    vocab = {n: np.unique(bag.values().numpy()) for n, bag in jagged(batch.sparse, schema).items()}
+    split = q.Split("ml", schema, [batch], [batch], vocab, 2000, 2000, 0.5)
+    config = q.configs_at(split, 1.0, ["qr"], seed=0)["qr"]
+    model = q.build(split, config)
+    sparse = model.sparse
+    assert isinstance(sparse, CompositionalEmbedding)
+    assert all(sparse.vocab_sizes[n] == len(v) for n, v in vocab.items() if len(v))
+    users = torch.from_numpy(vocab["user"])
+    moduli = config.method_args["moduli"]["user"]
+    assert math.prod(moduli) >= len(users)
+    categories = sparse.categories("user", 0, users)  # component rows are a bijection of the category
+    assert categories.unique().numel() == len(users), "collision-free on the known vocabulary"

@@ -89,6 +89,71 @@ def test_dmp_table_wise_over_row_blocks_matches_unsharded(tmp_path: Path, monkey
         torch.testing.assert_close(result["got"], result["want"], rtol=1e-6, atol=1e-7)
 
 
+def _robe_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """ROBE's array as a TorchRec table on 2 ranks: same forward as unsharded, and one step of the
+    fused row-wise Adagrad moves only the rows some rank's batch read."""
+    import torch.distributed as dist
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingType
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    from embedding.methods import RobeEmbedding
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        schema = _schema()
+        torch.manual_seed(0)
+        reference = RobeEmbedding(schema, size=4001, block=4)
+        model = RobeEmbedding(schema, size=4001, block=4)
+        apply_optimizer_in_backward(RowWiseAdagrad, list(model.ebc.parameters()), {"lr": 0.1})
+        sharders = [EmbeddingBagCollectionSharder()]
+        constraints = {"robe": ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])}
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world, compute_device="cpu"), constraints=constraints
+        )
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+        dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+        dmp.load_state_dict(reference.state_dict())
+        batch = _batch(seed=10 + rank)
+        got = dmp(batch)
+        want = reference(batch).values().detach()
+        got.values().sum().backward()
+        touched = torch.cat([reference.route(_batch(seed=10 + r))[0].values() for r in range(world)]).unique()
+        rows = reference.ebc.embedding_bags["robe"].weight.shape[0]
+        untouched = torch.ones(rows, dtype=torch.bool)
+        untouched[touched] = False
+        shards = dmp.state_dict()["ebc.embedding_bags.robe.weight"].local_shards()  # table-wise: one rank owns it
+        after = shards[0].tensor.detach().clone() if shards else None
+        before = reference.ebc.embedding_bags["robe"].weight.detach()
+        torch.save(
+            {"got": got.values().detach(), "want": want, "untouched": untouched, "after": after, "before": before},
+            Path(out_dir) / f"robe{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_robe_array_is_a_sharded_table_trained_on_touched_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    mp.spawn(_robe_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"robe{rank}.pt", weights_only=True) for rank in range(2)]
+    for result in results:
+        torch.testing.assert_close(result["got"], result["want"], rtol=1e-6, atol=1e-7)
+    owners = [r for r in results if r["after"] is not None]
+    assert len(owners) == 1, "table-wise: the array lives on one rank, not replicated"
+    owner = owners[0]
+    moved = (owner["after"] != owner["before"]).any(dim=1)
+    assert not moved[owner["untouched"]].any(), "rows no batch read must not move"
+    assert moved[~owner["untouched"]].float().mean() > 0.9  # read rows moved (a zero gradient sum may not)
+
+
 DMP_CASES = {
     "unified": ("unified", {"num_rows": 50, "num_blocks": 2}),
     "hashing_trick": ("hashing_trick", {"num_rows": 50}),

@@ -147,8 +147,11 @@ def test_hash_bank_applies_each_hash_to_its_segment(data: st.DataObject, seeds: 
     segments = [data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8)) for _ in hashes]
     bank = embedding.hashing.HashBank(hashes)
     values = np.array([x for seg in segments for x in seg], dtype=np.int64)
-    got = bank(values, [len(seg) for seg in segments]).tolist()
-    assert got == [h.reference(x) for h, seg in zip(hashes, segments, strict=True) for x in seg]
+    want = [h.reference(x) for h, seg in zip(hashes, segments, strict=True) for x in seg]
+    for small in (0, len(values)):  # numpy limbs, then Python integers
+        bank.small = small
+        got = bank(values, [len(seg) for seg in segments])
+        assert got.dtype == np.int64 and got.tolist() == want, f"small={small}"
 
 
 def test_hash_bank_rejects_counts_of_the_wrong_length() -> None:

@@ -71,7 +71,8 @@ def expected_parameters(module: EmbeddingMethod, schema: FeatureSchema) -> int:
                 cfg["rows"][n] * w + importance_parameters(cfg["importance_rows"][n], k) for n, w in widths.items()
             )
         case "robe":
-            return cfg["size"] if cfg["multiplexed"] else sum(cfg["sizes"].values())
+            total = cfg["size"] if cfg["multiplexed"] else sum(cfg["sizes"].values())
+            return -(-total // 4) * 4  # rows of 4 elements: the last row's tail is padding
         case "compositional":
             op, hidden = cfg["operation"], cfg.get("path_hidden", 0)
             if cfg["multiplexed"]:

@@ -139,7 +139,7 @@ def test_sign_hash_is_applied_and_gradients_are_summed_with_signs() -> None:
     signed = RobeEmbedding(SCHEMA, size=13, block=2, signed=True)
     plain = RobeEmbedding(SCHEMA, size=13, block=2, signed=False)
     with torch.no_grad():
-        plain.weight.copy_(signed.weight)
+        plain.array.copy_(signed.array)
     _, sign = signed.indices("a", torch.tensor([11]))
     assert sign is not None and set(sign.unique().tolist()) <= {-1.0, 1.0}
     out_s, out_p = signed(kjt).to_dict()["a"], plain(kjt).to_dict()["a"]
@@ -149,4 +149,49 @@ def test_sign_hash_is_applied_and_gradients_are_summed_with_signs() -> None:
     for feature, xs in (("a", [11]), ("b", [12, 13])):
         idx, sgn = signed.indices(feature, torch.tensor(xs))
         expected.index_add_(0, idx.reshape(-1), sgn.reshape(-1))
-    torch.testing.assert_close(signed.weight.grad, expected)
+    grad = signed.ebc.embedding_bags["robe"].weight.grad
+    assert grad is not None
+    torch.testing.assert_close(grad.reshape(-1)[:13], expected)
+    assert not grad.reshape(-1)[13:].any(), "the last row's tail is never read"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    block=st.sampled_from([1, 2, 5, 10, 20]),
+    size=st.integers(1, 60),
+    multiplexed=st.booleans(),
+    signed=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_table_lookup_equals_the_gather_of_the_paper(
+    block: int, size: int, multiplexed: bool, signed: bool, seed: int
+) -> None:
+    """The table form (rows of 4; a single-valued feature's element picked from its row, a multivalent
+    one's pooled per column and sign) is sum_x g(x) * M[h(x)]."""
+    schema = FeatureSchema(
+        name="robe-mv", embedding_dim=5, sparse=(SparseFeature(name="a"), SparseFeature(name="b", lookups=2,
+                                                                                          multivalent=True))
+    )  # fmt: skip
+    kw = {"size": size} if multiplexed else {"sizes": {"a": size, "b": size + 3}}
+    module = RobeEmbedding(schema, block=block, multiplexed=multiplexed, signed=signed, seed=seed, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.cat([torch.randint(0, 2, (4,), generator=gen), torch.randint(0, 4, (4,), generator=gen)])
+    values = torch.randint(-(2**63), 2**63 - 1, (int(lengths.sum()),), generator=gen)
+    kjt = KeyedJaggedTensor(keys=["a", "b"], values=values, lengths=lengths)
+    out = module(kjt).to_dict()
+    array = module.array.detach()
+    start = 0
+    for name, lens in (("a", lengths[:4]), ("b", lengths[4:])):
+        n = int(lens.sum())
+        idx, sign = module.indices(name, values[start : start + n])
+        vectors = array[idx] * (sign if sign is not None else 1.0)
+        want = torch.zeros(4, idx.shape[1]).index_add(0, torch.repeat_interleave(torch.arange(4), lens), vectors)
+        torch.testing.assert_close(out[name].detach(), want)
+        start += n
+
+
+def test_a_single_valued_feature_with_several_values_is_an_error() -> None:
+    module = RobeEmbedding(SCHEMA, size=50, block=2)
+    kjt = KeyedJaggedTensor(keys=["a", "b"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 0, 1, 0]))
+    with pytest.raises(ValueError, match="'a' is not multivalent but a bag holds 2 values"):
+        module(kjt)

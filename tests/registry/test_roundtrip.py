@@ -156,8 +156,9 @@ def test_collisionless_serves_what_it_trained(
 
 
 def test_int4_keeps_tables_it_cannot_pack_in_int8(schema: FeatureSchema, batch: FeatureBatch, store) -> None:  # type: ignore[no-untyped-def]
-    """fbgemm packs int4 rows only for widths divisible by 4: a 6-wide table stays int8, an 8-wide one is int4."""
-    for dim, expected in ((6, "int8"), (8, "int4")):
+    """fbgemm packs int4 rows only for widths divisible by 4: a 10-wide table stays int8 (a 6-wide one
+    fp16: int8 would not be smaller), an 8-wide one is int4."""
+    for dim, expected in ((10, "int8"), (6, "fp16"), (8, "int4")):
         narrow = schema.model_copy(update={"embedding_dim": dim})
         model = build_model(narrow, ModelConfig(method_args={"num_rows": 500}))
         train(model, Featurizer(narrow)(make_events(200)), steps=1)
@@ -166,3 +167,39 @@ def test_int4_keeps_tables_it_cannot_pack_in_int8(schema: FeatureSchema, batch: 
         served = load_serving_model(store)
         small = Featurizer(narrow)(make_events(200))
         assert (served.predict(small) - _fp32_probs(model, small)).abs().max().item() < 5e-2
+
+
+def test_robe_artifacts_record_their_hash_version(schema: FeatureSchema, batch: FeatureBatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An artifact says how it hashes even when the trainer's arguments left hash_version at its
+    default; one without the field and with the array as a table is version 2 and serves; one with
+    the flat array of the code before the tables may be version 1 and is refused."""
+    from embedding.errors import ArtifactError
+    from embedding.export import full_artifact
+    from embedding.export.artifact import DirSource, full_files, save_tensors
+    from embedding.export.manifest import PARAMS, TABLES
+    from embedding.serving import model_from_source
+
+    config = ModelConfig(method="robe", method_args={"size": 5000, "block": 4}, dense_arch=(), over_arch=(16,))
+    model = build_model(schema, config)
+    manifest, files = full_artifact(model, "v0000000001", "fp32")
+    assert manifest.method_config["hash_version"] == 2
+
+    def write(name: str, fields: dict, payloads: dict) -> DirSource:  # type: ignore[type-arg]
+        _, out = full_files(fields, payloads)
+        (tmp_path / name).mkdir()
+        for file, data in out.items():
+            (tmp_path / name / file).write_bytes(data)
+        return DirSource(tmp_path / name)
+
+    fields = manifest.model_dump(exclude={"files"})
+    unrecorded = {**fields, "method_config": config.method_args, "config": config}
+    payloads = {n: files[n] for n in (TABLES, PARAMS)}
+    served = model_from_source(write("v2", unrecorded, payloads))
+    assert (served.predict(batch) - _fp32_probs(model, batch)).abs().max().item() < 1e-6
+
+    key = manifest.tables[0].key
+    state = {k: v for k, v in model.state_dict().items() if k != key}
+    flat = {**state, "sparse.weight": model.sparse.array.detach().clone()}
+    old = {**unrecorded, "tables": []}
+    with pytest.raises(ArtifactError, match="flat tensor .hash_version unrecorded.*retrain"):
+        model_from_source(write("v1", old, {TABLES: save_tensors({}), PARAMS: save_tensors(flat)}))

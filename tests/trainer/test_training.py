@@ -1,4 +1,7 @@
-"""End-to-end trainer runs against the real broker: dead letters and exact resume."""
+"""End-to-end trainer runs against the real broker: dead letters, exact resume, export and serving.
+
+The SIGKILL test runs on every device: on CPU in CI, on CUDA (1 rank; 2 ranks where 2 GPUs exist)
+under the `gpu` marker, so the CPU run dry-runs the very code the GPU run takes."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from kafka import KafkaConsumer, TopicPartition
 
 from embedding.events import Event, Featurizer
@@ -97,16 +101,29 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka_bootstrap: str, topi
     assert probabilities.shape == (64,) and bool(((probabilities > 0) & (probabilities < 1)).all())
 
 
+INT8_BOUND = 1e-2
+"""Largest |served int8 probability - fp32 probability| (tests/registry/test_roundtrip.py)."""
+
+DEVICES = [
+    pytest.param("cpu", 1, id="cpu"),
+    pytest.param("cuda", 1, id="cuda-1rank", marks=pytest.mark.gpu),
+    pytest.param("cuda", 2, id="cuda-2ranks", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("device", "nproc"), DEVICES)
 def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path
-) -> None:
+    kafka_bootstrap: str, redis_url: str, topic_name: str, tmp_path: Path, device: str, nproc: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     create_topic(kafka_bootstrap, topic_name, 2)
     first = synthetic_events(4000)
     send(kafka_bootstrap, topic_name, first, partitions=2)
-    env = trainer_env(
-        tmp_path, kafka_bootstrap, topic_name, stop_at_end="false", checkpoint_every_events=1500, batch_size=32
-    )
-    proc = start_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run1")}, log=tmp_path / "run1.log")
+    env = trainer_env(tmp_path, kafka_bootstrap, topic_name, stop_at_end="false", checkpoint_every_events=1500,
+                      batch_size=32, device=device)  # fmt: skip
+    proc = start_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run1")}, nproc,
+                         log=tmp_path / "run1.log")  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -124,7 +141,7 @@ def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
     checkpoint = read_meta(latest_checkpoint(tmp_path / "checkpoints"))  # type: ignore[arg-type]
 
     run_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run2"), "UNIREC_TRAINER_STOP_AT_END": "true"},
-                log=tmp_path / "run2.log")  # fmt: skip
+                nproc, log=tmp_path / "run2.log")  # fmt: skip
 
     run1 = read_predictions(tmp_path / "run1")
     run2 = read_predictions(tmp_path / "run2")
@@ -138,3 +155,46 @@ def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
     assert before | set(resumed) == everything, "an event after the checkpoint was skipped"
     assert after_ckpt_run1 <= set(resumed)
     assert min(step for step, _, _, _ in run2) == checkpoint.step + 1
+
+    # export the final checkpoint in int8; the CPU inference model serves what the trainer's model
+    # (restored on the trainer's device by the trainer's own code) predicts, within the int8 bound
+    final = latest_checkpoint(tmp_path / "checkpoints")
+    assert final is not None and read_meta(final).events == len(everything)
+    probe = synthetic_events(256, start=7000)
+    expected = trainer_probabilities(tmp_path, redis_url, device, final, probe, monkeypatch)
+    manifest = export_checkpoint(final, "int8", TrainerSettings(home=tmp_path, redis_url="redis://127.0.0.1:1/0"))
+    served = load_serving_model(open_store(tmp_path / "models"), manifest.version)
+    got = served.predict(Featurizer(served.schema)(probe))
+    assert got.std() > 1e-3, "the trained model should not predict a constant"
+    delta = (torch.as_tensor(got) - expected).abs().max().item()
+    assert delta < INT8_BOUND, f"served int8 vs trainer on {device}: max |dp| = {delta}"
+
+
+def trainer_probabilities(home: Path, redis_url: str, device: str, checkpoint: Path, events: list[Event],
+                          monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:  # fmt: skip
+    """The trainer's predictions (on CPU) for `events`: a one-rank `Trainer` on `device` restores
+    `checkpoint` and scores them through its own prepare -> stage -> model path."""
+    import torch.distributed as dist
+
+    from trainer.loop import Trainer
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(var, "")  # set, then delete: monkeypatch restores the absence afterwards
+        monkeypatch.delenv(var)
+    threads = torch.get_num_threads()
+    settings = TrainerSettings(home=home / "probe", redis_url=redis_url, metrics_port=0, export_every_s=0,
+                               delta_every_s=0, checkpoint_dir=checkpoint.parent, device=device)  # fmt: skip
+    trainer = Trainer(settings)
+    try:
+        assert trainer.ctx.device.type == device
+        assert trainer._resume() is not None
+        prepared = trainer.prepare(trainer.featurizer(events))
+        assert prepared is not None
+        batch = trainer.h2d.ready(prepared.staged)
+        trainer.model.eval()
+        with torch.no_grad():
+            return torch.sigmoid(trainer.model(batch.sparse, batch.dense)).cpu()
+    finally:
+        trainer.churn.close()
+        dist.destroy_process_group()
+        torch.set_num_threads(threads)

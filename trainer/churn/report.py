@@ -1,23 +1,29 @@
 """`unirec churn report`: the last merged churn windows, read from Redis, and the table size a target
-collision rate needs.
+collision rate needs. `unirec churn lookups`: a multi-size schema whose per-feature lookups are
+allocated from those windows' distinct IDs under a total width budget (`embedding.multisize`).
 
 Run: `unirec churn report --last 5 --target-collision 0.05` (Redis from `UNIREC_REDIS_URL`, key prefix
-from `UNIREC_CHURN_KEY_PREFIX`).
+from `UNIREC_CHURN_KEY_PREFIX`);
+`unirec churn lookups --schema movielens --total-width 96 --embedding-dim 8 --write ml-multi.yaml`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from core.settings import CommonSettings
+from embedding.multisize import MAX_LOOKUPS, multisize_schema, schema_cardinalities
+from embedding.schema import FeatureSchema, load_schema
 from trainer.churn.exchange import read_summaries
 from trainer.churn.load import collision_rate, table_rows_for
 from trainer.churn.settings import ChurnSettings
@@ -54,6 +60,31 @@ def sizing(summary: dict[str, Any], target: float) -> dict[str, Any]:
         "rows_needed": needed,
         "features": per_feature,
     }
+
+
+def window_cardinalities(summaries: list[dict[str, Any]]) -> dict[str, float]:
+    """Per feature, the mean distinct IDs per window over `summaries` (windows without a number skipped)."""
+    seen: dict[str, list[float]] = {}
+    for summary in summaries:
+        for name, f in summary["features"].items():
+            if f.get("distinct") is not None:
+                seen.setdefault(name, []).append(float(f["distinct"]))
+    return {name: sum(v) / len(v) for name, v in seen.items() if v}
+
+
+def lookup_plan(
+    schema: FeatureSchema,
+    summaries: list[dict[str, Any]] | None,
+    total_width: int,
+    embedding_dim: int,
+    max_lookups: int = MAX_LOOKUPS,
+) -> tuple[FeatureSchema, dict[str, float]]:
+    """The multi-size schema for a total width budget, with lookups allocated from the churn windows'
+    distinct IDs (features the windows do not name, or no windows at all: the schema's vocab_size),
+    and the cardinalities used."""
+    counts = schema_cardinalities(schema) | window_cardinalities(summaries or [])
+    counts = {name: counts[name] for name in schema.sparse_names}
+    return multisize_schema(schema, total_width, embedding_dim, counts, max_lookups), counts
 
 
 def _fmt(value: Any, kind: str = "int") -> str:
@@ -132,3 +163,48 @@ def report(
         typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return
     render(summaries, target_collision, feature or None, console)
+
+
+@churn_app.command("lookups")
+def lookups(
+    schema: str = typer.Option(..., help="The feature schema: a shipped name or a YAML path."),
+    total_width: int = typer.Option(..., min=1, help="Total embedding width per example (sum of feature widths)."),
+    embedding_dim: int = typer.Option(None, min=1, help="Row width d of the unified table; default the schema's."),
+    max_lookups: int = typer.Option(MAX_LOOKUPS, min=1, help="Most lookups one feature may get."),
+    last: int = typer.Option(5, min=1, help="Average the distinct IDs of this many latest windows."),
+    from_schema: bool = typer.Option(False, "--from-schema", help="Use the schema's vocab_size, not Redis."),
+    write: Path = typer.Option(None, help="Write the multi-size schema as YAML here."),
+    redis_url: str = typer.Option(None, help="Redis URL; default UNIREC_REDIS_URL."),
+    key_prefix: str = typer.Option(None, help="Redis key prefix; default UNIREC_CHURN_KEY_PREFIX."),
+) -> None:
+    """Allocate per-feature lookups (multi-size unified embedding) from the churn windows' distinct IDs."""
+    base = load_schema(schema)
+    summaries: list[dict[str, Any]] = []
+    if not from_schema:
+        url = redis_url or CommonSettings().redis_url
+        prefix = key_prefix or ChurnSettings().key_prefix
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            summaries = read_summaries(client, prefix, last)
+        except (redis.RedisError, OSError) as exc:
+            Console(stderr=True).print(f"[red]error:[/] cannot read churn windows from Redis at {url}: {exc}")
+            raise typer.Exit(1) from exc
+        finally:
+            client.close()
+        if not summaries:
+            Console(stderr=True).print(f"no churn windows under {prefix}:@windows in Redis at {url}; try --from-schema")
+            raise typer.Exit(1)
+    try:
+        multi, counts = lookup_plan(base, summaries, total_width, embedding_dim or base.embedding_dim, max_lookups)
+    except ValueError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    table = Table(title=f"lookups for total width {total_width} (rows of width {multi.embedding_dim})")
+    for column in ("feature", "cardinality", "lookups", "width"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    for spec in multi.sparse:
+        table.add_row(spec.name, _fmt(counts[spec.name]), str(spec.lookups), str(multi.width(spec.name)))
+    Console().print(table)
+    if write is not None:
+        write.write_text(yaml.safe_dump(multi.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        Console().print(f"wrote {write}")

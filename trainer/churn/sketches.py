@@ -1,7 +1,8 @@
 """Theta sketches (Apache DataSketches) for one window of IDs, and the set algebra between windows.
 
 The DataSketches Python API has no batch update: `update_theta_sketch.update` takes one value per
-call (about 250 ns per item here, plus about 90 ns for `ndarray.tolist()`; see bench/results/churn.md).
+call (120-250 ns per item here depending on the load, plus about 90 ns for `ndarray.tolist()`; see
+bench/results/churn.md).
 `WindowSketch.update` therefore first computes, vectorised in numpy, the very hash the sketch
 computes for an int64 (MurmurHash3_x64_128 of the 8 little-endian bytes, seed 9001, first word
 shifted right by one) and passes on only the values whose hash is below the sketch's current theta:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic.json_schema import models_json_schema
 
 from services.inference.codec import RequestInvalid, decode_predict, encode_predictions
-from services.inference.deps import PredictAuth, ServedDep
+from services.inference.deps import PREDICT_SECURITY, check_predict_key, served_or_503
 from services.inference.schemas import ErrorResponse, PredictRequest, PredictResponse, ValidationErrorResponse
 
 router = APIRouter(tags=["predict"])
@@ -17,6 +17,7 @@ router = APIRouter(tags=["predict"])
 # The body is decoded by msgspec (see codec.py); these are the schemas /openapi.json documents for it.
 _, REQUEST_SCHEMAS = models_json_schema([(PredictRequest, "validation")], ref_template="#/components/schemas/{model}")
 PREDICT_OPENAPI: dict[str, Any] = {
+    "security": PREDICT_SECURITY,
     "requestBody": {
         "required": True,
         "content": {
@@ -31,7 +32,7 @@ PREDICT_OPENAPI: dict[str, Any] = {
             },
             "application/msgpack": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
         },
-    }
+    },
 }
 
 
@@ -54,7 +55,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     "/predict",
     summary="Score a batch of events",
     response_model=PredictResponse,
-    dependencies=[PredictAuth],
     openapi_extra=PREDICT_OPENAPI,
     responses={
         401: {"model": ErrorResponse, "description": "API key missing (only with `predict_requires_key`)"},
@@ -65,7 +65,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         504: {"model": ErrorResponse, "description": "Scoring took longer than `request_timeout_s`"},
     },
 )
-async def predict(request: Request, served: ServedDep) -> Response:
+async def predict(request: Request) -> Response:
     """One probability per event, in order, plus the version of the model that scored them all.
 
     Events are in the training schema; `label` is ignored. Unknown features, missing features and
@@ -73,6 +73,8 @@ async def predict(request: Request, served: ServedDep) -> Response:
     """
     state = request.app.state
     settings, batcher = state.settings, state.batcher
+    check_predict_key(settings, request)  # no dependencies on this route: see deps.py
+    served = served_or_503(state.holder)
     batcher.expect()
     queued = False
     try:

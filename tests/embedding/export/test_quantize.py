@@ -40,7 +40,10 @@ def test_rows_quantise_alike_alone_or_in_a_table(
 
 def test_int4_falls_back_for_dims_it_cannot_pack() -> None:
     assert table_quantization("int4", 16) == "int4"
-    assert table_quantization("int4", 2) == "int8"
+    assert table_quantization("int4", 2) == "fp16"  # int8 would take 10 bytes a row, fp16 takes 4
+    assert table_quantization("int4", 10) == "int8"
+    assert table_quantization("int8", 8) == "fp16" and table_quantization("int8", 9) == "int8"
+    assert table_quantization("int4", 4) == "int4"
     assert table_quantization("fp16", 2) == "fp16"
     with pytest.raises(ValueError, match="not one of"):
         table_quantization("int3", 16)

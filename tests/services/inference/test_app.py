@@ -311,6 +311,9 @@ def test_api_key_guards_admin_routes_always_and_predict_when_asked(store: LocalM
     with TestClient(app) as client:
         assert client.post("/v1/predict", json=REQUEST).status_code == 401
         assert client.post("/v1/predict", json=REQUEST, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.post("/v1/predict", json=REQUEST, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.post("/v1/predict", json=REQUEST, headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.post("/v1/predict", json=REQUEST, headers={"Authorization": "Basic s3cret"}).status_code == 401
 
 
 def test_a_slow_prediction_answers_504(

@@ -12,7 +12,7 @@ import redis
 from typer.testing import CliRunner
 
 from core.net import free_port
-from embedding.schema import parse_schema
+from embedding.schema import load_schema, parse_schema
 from trainer.churn import ChurnSettings, ChurnTracker
 from trainer.churn.exchange import Keys, read_summaries
 from trainer.churn.report import churn_app
@@ -153,6 +153,35 @@ def test_report_command_reads_the_windows_and_sizes_the_table(redis_url: str, re
     assert sizing["rows_needed"] == pytest.approx(2 * 198 / 0.0513, rel=0.02)
     missing = runner.invoke(churn_app, ["report", "--redis-url", redis_url, "--key-prefix", "test:nothing"])
     assert missing.exit_code == 1
+
+
+def test_lookups_command_allocates_from_the_windows(
+    redis_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """16x the distinct IDs -> 2x the lookups (fourth-root rule); the written YAML is a loadable schema."""
+    prefix = f"test:{request.node.name}"
+    settings = ChurnSettings(window_s=60, key_prefix=prefix)
+    tracker = ChurnTracker(SCHEMA, settings, table_rows=1000, redis_url=redis_url, clock=_clock())
+    tracker.observe({"user": np.arange(1600), "item": np.arange(100)}, 0, step=1)
+    tracker.observe({"user": np.arange(1600), "item": np.arange(100)}, 60_000, step=2)
+    tracker.close()
+    base = tmp_path / "t.yaml"
+    base.write_text(orjson.dumps(SCHEMA.model_dump(mode="json")).decode())  # JSON is YAML
+    out = tmp_path / "multi.yaml"
+    args = ["lookups", "--schema", str(base), "--total-width", "96", "--embedding-dim", "16", "--write", str(out)]
+    result = CliRunner().invoke(
+        churn_app, [*args, "--redis-url", redis_url, "--key-prefix", prefix], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    multi = load_schema(out)
+    assert {s.name: s.lookups for s in multi.sparse} == {"user": 4, "item": 2}
+    assert multi.total_width == 96
+    # the schema's own estimates (none here: both features get the mean) split evenly
+    even = CliRunner().invoke(churn_app, [*args, "--from-schema"])
+    assert even.exit_code == 0, even.output
+    assert {s.name: s.lookups for s in load_schema(out).sparse} == {"user": 3, "item": 3}
+    bad = CliRunner().invoke(churn_app, ["lookups", "--schema", str(base), "--total-width", "100", "--from-schema"])
+    assert bad.exit_code == 2 and "multiple of the embedding_dim 16" in bad.output
 
 
 def test_one_rank_batches_redis_writes_without_dropping_windows(redis_url: str, request: pytest.FixtureRequest) -> None:
