@@ -197,9 +197,9 @@ def render(data: dict[str, Any]) -> str:
         f"Command: `{data['command']}`.",
         "",
         "Reading the sweep: routing splits every (lookup, example) bag over the row blocks, so the TBE sees "
-        "num_blocks x lookups x batch bags (one feature per block, one bag per lookup and example) and a pooled "
-        "output num_blocks times larger (summed back afterwards) for the same number of row reads. More blocks "
-        "buy fbgemm per-table parallelism and table-wise placement over ranks, and pay for them in bags.",
+        "num_blocks x lookups x batch bags and a pooled output num_blocks times wider (summed back afterwards) "
+        "for the same number of row reads. More blocks buy fbgemm per-table parallelism and table-wise "
+        "placement over ranks, and pay for them in bags.",
         "",
     ]
     for part in data["sections"]:
