@@ -134,6 +134,25 @@ def render(summaries: list[dict[str, Any]], target: float, features: list[str] |
                   f"({ratio:.2f}x) for every feature's collision rate <= {target:g}")
 
 
+def _windows_or_exit(redis_url: str | None, key_prefix: str | None, last: int, when_empty: str) -> list[dict[str, Any]]:
+    """The last churn window summaries in Redis (URL and prefix default to the settings), or exit 1 with
+    a message when Redis cannot be read or holds none (`when_empty` ends that message)."""
+    url = redis_url or CommonSettings().redis_url
+    prefix = key_prefix or ChurnSettings().key_prefix
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        summaries = read_summaries(client, prefix, last)
+    except (redis.RedisError, OSError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] cannot read churn windows from Redis at {url}: {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    if not summaries:
+        Console(stderr=True).print(f"no churn windows under {prefix}:@windows in Redis at {url}{when_empty}")
+        raise typer.Exit(1)
+    return summaries
+
+
 @churn_app.command("report")
 def report(
     last: int = typer.Option(5, min=1, help="How many of the latest merged windows to show."),
@@ -144,20 +163,8 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print the summaries and the sizing as JSON."),
 ) -> None:
     """Show the last windows' churn per feature and the table size that keeps collisions under a target."""
-    url = redis_url or CommonSettings().redis_url
-    prefix = key_prefix or ChurnSettings().key_prefix
     console = Console()
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        summaries = read_summaries(client, prefix, last)
-    except (redis.RedisError, OSError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] cannot read churn windows from Redis at {url}: {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
-    if not summaries:
-        Console(stderr=True).print(f"no churn windows under {prefix}:@windows in Redis at {url} yet")
-        raise typer.Exit(1)
+    summaries = _windows_or_exit(redis_url, key_prefix, last, when_empty=" yet")
     if as_json:
         doc = {"windows": summaries, "sizing": sizing(summaries[-1], target_collision)}
         typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
@@ -181,19 +188,7 @@ def lookups(
     base = load_schema(schema)
     summaries: list[dict[str, Any]] = []
     if not from_schema:
-        url = redis_url or CommonSettings().redis_url
-        prefix = key_prefix or ChurnSettings().key_prefix
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        try:
-            summaries = read_summaries(client, prefix, last)
-        except (redis.RedisError, OSError) as exc:
-            Console(stderr=True).print(f"[red]error:[/] cannot read churn windows from Redis at {url}: {exc}")
-            raise typer.Exit(1) from exc
-        finally:
-            client.close()
-        if not summaries:
-            Console(stderr=True).print(f"no churn windows under {prefix}:@windows in Redis at {url}; try --from-schema")
-            raise typer.Exit(1)
+        summaries = _windows_or_exit(redis_url, key_prefix, last, when_empty="; try --from-schema")
     try:
         multi, counts = lookup_plan(base, summaries, total_width, embedding_dim or base.embedding_dim, max_lookups)
     except ValueError as exc:
