@@ -129,26 +129,32 @@ class Featurizer:
             values=torch.from_numpy(values),
             lengths=torch.from_numpy(lengths.reshape(-1)),
         )
-        dense = np.empty((n, len(self._dense)), dtype=np.float32)
+        labels = None
+        if n:
+            label_list = [event.label for event in events]
+            if None not in label_list:
+                labels = torch.tensor(label_list, dtype=torch.float32)
+        return FeatureBatch(kjt, torch.from_numpy(self.dense_features(events)), labels, missing, self.unknown(events))
+
+    def dense_features(self, events: Sequence[Event]) -> np.ndarray:
+        """[events, dense features] float32: the schema's defaults for absent values, then its transforms."""
+        dense = np.empty((len(events), len(self._dense)), dtype=np.float32)
         if self._dense:
             dense_maps = [event.dense for event in events]
             for k, spec in enumerate(self._dense):
                 dense[:, k] = [m.get(spec.name, spec.default) for m in dense_maps]
                 if spec.transform == "log1p":
                     dense[:, k] = np.sign(dense[:, k]) * np.log1p(np.abs(dense[:, k]))
-        labels = None
-        if n:
-            label_list = [event.label for event in events]
-            if None not in label_list:
-                labels = torch.tensor(label_list, dtype=torch.float32)
+        return dense
+
+    def unknown(self, events: Sequence[Event]) -> set[str]:
+        """Feature names the events carry that the schema does not declare."""
         seen: set[str] = set()
-        for m in sparse_maps:
-            seen.update(m)
         for event in events:
+            seen.update(event.sparse)
             if event.dense:
                 seen.update(event.dense)
-        unknown = seen - self._known
-        return FeatureBatch(kjt, torch.from_numpy(dense), labels, missing, unknown)
+        return seen - self._known
 
     @staticmethod
     def _fingerprint(name: str, flat: list[object], dtype: str) -> np.ndarray:

@@ -31,12 +31,12 @@ class ServingFeaturizer:
         """`cache_size`: fingerprints remembered per feature (the memory is cleared when full)."""
         self.schema = schema
         self.general = Featurizer(schema)
+        # dense columns and unknown names exactly as the general path computes them
+        self._dense_features, self._unknown = self.general.dense_features, self.general.unknown
         self.max_events = max_events
         self.cache_size = cache_size
         self._sparse = [(spec.name, _PLAIN[spec.dtype], spec.dtype) for spec in schema.sparse]
         self._names = schema.sparse_names
-        self._dense = schema.dense
-        self._known = set(schema.sparse_names) | set(schema.dense_names)
         self._caches: list[dict[object, int]] = [{} for _ in self._sparse]
 
     def __call__(self, events: Sequence[Event]) -> FeatureBatch:
@@ -64,13 +64,7 @@ class ServingFeaturizer:
         )
         label_list = [event.label for event in events]
         labels = None if None in label_list else torch.tensor(label_list, dtype=torch.float32)
-        seen: set[str] = set()
-        for m in sparse_maps:
-            seen.update(m)
-        for event in events:
-            if event.dense:
-                seen.update(event.dense)
-        return FeatureBatch(kjt, self._dense_features(events), labels, {}, seen - self._known)
+        return FeatureBatch(kjt, torch.from_numpy(self._dense_features(events)), labels, {}, self._unknown(events))
 
     def _fill(self, column: list[object], known: list[int | None], cache: dict[object, int], dtype: str) -> bool:
         """Fingerprint the values not remembered yet (in one call); False when one needs the general path."""
@@ -84,14 +78,3 @@ class ServingFeaturizer:
             known[i] = fp
             cache[column[i]] = fp
         return True
-
-    def _dense_features(self, events: Sequence[Event]) -> torch.Tensor:
-        """As `Featurizer`: the schema's defaults and transforms."""
-        dense = np.empty((len(events), len(self._dense)), dtype=np.float32)
-        if self._dense:
-            dense_maps = [event.dense for event in events]
-            for k, spec in enumerate(self._dense):
-                dense[:, k] = [m.get(spec.name, spec.default) for m in dense_maps]
-                if spec.transform == "log1p":
-                    dense[:, k] = np.sign(dense[:, k]) * np.log1p(np.abs(dense[:, k]))
-        return torch.from_numpy(dense)
