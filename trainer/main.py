@@ -6,10 +6,10 @@ All configuration comes from the environment (UNIREC_*, UNIREC_TRAINER_*); see t
 from __future__ import annotations
 
 import os
-import sys
+import traceback
 
 from core.logs import configure_logging
-from trainer.lifetime import die_with_parent
+from trainer.lifetime import die_with_parent, exit_rank
 from trainer.settings import TrainerSettings
 
 
@@ -27,4 +27,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException:  # printed as the interpreter would, then the same exit without finalization
+        traceback.print_exc()
+        code = 1
+    exit_rank(code)
