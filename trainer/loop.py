@@ -57,7 +57,8 @@ def pad_batch(
     """Pad to `size` examples with empty bags, zero dense features, label 0 and weight 0.
 
     `sparse`: the batch's KJT as the model consumes it (e.g. routed), default `features.sparse`;
-    it must have `len(features)` examples per key."""
+    its lengths are rows of `len(features)` examples (one row per key, or per (key, lookup) of a
+    routed unified batch), each padded to `size`."""
     n = len(features)
     if n > size:
         raise TrainerError(f"batch of {n} events exceeds batch_size {size}")
@@ -70,8 +71,9 @@ def pad_batch(
     if n == size:
         return kjt, features.dense, labels, weights
     keys = kjt.keys()
-    lengths = kjt.lengths().view(len(keys), n)
-    padded_lengths = torch.zeros(len(keys), size, dtype=lengths.dtype)
+    rows = kjt.lengths().numel() // n if n else len(keys)
+    lengths = kjt.lengths().view(rows, n)
+    padded_lengths = torch.zeros(rows, size, dtype=lengths.dtype)
     padded_lengths[:, :n] = lengths
     padded = KeyedJaggedTensor(keys=keys, values=kjt.values(), lengths=padded_lengths.reshape(-1))
     dense = torch.zeros(size, features.dense.shape[1])

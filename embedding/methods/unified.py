@@ -9,7 +9,14 @@ table (`block_sizes`: ceil(M/B) rows each, the last one smaller, so row r lives 
 r // ceil(M/B); where that would leave a block empty, e.g. 9 rows in 4 blocks, rows are split as
 evenly as possible, 3 2 2 2, and `locate` finds them). Each lookup is routed to its
 block and the pooled partial sums are added back, so the method is exactly the same for any B
-(sum pooling is linear). Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
+(sum pooling is linear).
+
+Layout for the kernel: each block table has ONE TorchRec feature, `lookups#{b}`, whose bags are
+all (lookup key, example) pairs of the batch, key-major (stride keys x batch). fbgemm's CPU
+backward is about twice as slow when many features share one table (26 features on one table vs
+one feature with 26x the bags, same rows: ~2x in bench/embedding_throughput.py), so the unified
+table is handed over as one feature per block and the pooled [keys x batch, d] output is
+transposed back to [batch, keys x d]. Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
 table-wise sharding of blocks spreads the one logical table over ranks like row-wise sharding.
 
 Hot path (CPU): `rows` hashes every lookup of a batch in one vectorised call (`HashBank`, numpy),
@@ -54,7 +61,8 @@ class Routed:
     """One batch routed to the row blocks: what `UnifiedEmbedding.forward` consumes, and the rows."""
 
     kjt: KeyedJaggedTensor
-    """Keys `{feature}@{lookup}#{block}` (block-major), values rows inside their block."""
+    """Keys `lookups#{block}`, each with one bag per (lookup key, example), key-major; values rows
+    inside their block."""
     rows: torch.Tensor
     """Logical rows of every lookup, key-major in `lookup_keys` order (int64)."""
     lengths: torch.Tensor
@@ -88,15 +96,14 @@ class UnifiedEmbedding(EmbeddingMethod):
         self._block_rows = self.sizes[0] if uniform else None
         self._keys = lookup_keys(schema)
         self.hashes = [self.hash_for(name, j) for name, j in self._keys]
-        key_names = [f"{name}@{j}" for name, j in self._keys]
-        tables = []
-        for b, rows in enumerate(self.sizes):
-            tables.append(
-                table(self.table_name(b), rows, self.dim, [f"{key}#{b}" for key in key_names], std=init_std)
-            )
+        # one feature per block (see the module doc), in the order of the EBC's tables: DMP's input
+        # dist then needs no permute
+        self._block_keys = [f"lookups#{b}" for b in range(num_blocks)]
+        tables = [
+            table(self.table_name(b), rows, self.dim, [self._block_keys[b]], std=init_std)
+            for b, rows in enumerate(self.sizes)
+        ]
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
-        # block-major, the order of the EBC's tables: DMP's input dist then needs no permute
-        self._block_keys = [f"{key}#{b}" for b in range(num_blocks) for key in key_names]
         self._bank = HashBank(self.hashes)
         names = self.schema.sparse_names
         self._first_lookup = [self._keys.index((name, 0)) for name in names]
@@ -163,9 +170,9 @@ class UnifiedEmbedding(EmbeddingMethod):
         return self._bank(key_values, counts), np.ascontiguousarray(key_lengths, dtype=np.int64)
 
     def route(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """The input as the EBC consumes it: keys `{feature}@{lookup}#{block}` (block-major, the
-        tables' order), values rows inside their block, bags kept in order (a lookup's bag is split
-        over the blocks)."""
+        """The input as the EBC consumes it: keys `lookups#{block}` (the tables' order), each with a
+        bag per (lookup key, example), values rows inside their block, bags kept in order (a
+        lookup's bag is split over the blocks)."""
         return self.prepare(features).kjt
 
     def prepare(self, features: KeyedJaggedTensor) -> Routed:
@@ -223,7 +230,6 @@ class UnifiedEmbedding(EmbeddingMethod):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled embeddings per feature, from fingerprints or from an already routed batch."""
-        batch = features.stride()
         n_keys, n_blocks = len(self._keys), self.num_blocks
         if self.is_routed(features):
             routed = features
@@ -231,8 +237,11 @@ class UnifiedEmbedding(EmbeddingMethod):
         else:
             routed = self.route(features)
             divisors = self.mean_divisors(features)
-        pooled = self.ebc(routed).values()  # [batch, blocks * keys * d], table (block) major
-        pooled = pooled.view(batch, n_blocks, n_keys * self.dim).sum(dim=1)
+        batch = routed.stride() // n_keys
+        pooled = self.ebc(routed).values()  # [keys * batch, blocks * d]: bags key-major, blocks side by side
+        if n_blocks > 1:
+            pooled = pooled.view(n_keys * batch, n_blocks, self.dim).sum(dim=1)
+        pooled = pooled.view(n_keys, batch, self.dim).transpose(0, 1).reshape(batch, n_keys * self.dim)
         per_feature = list(torch.split(pooled, [self.schema.width(s.name) for s in self.schema.sparse], dim=1))
         for i, spec in enumerate(self.schema.sparse):
             if spec.name in divisors:
