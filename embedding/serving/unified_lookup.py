@@ -55,9 +55,9 @@ class UnifiedLookup:
         np.cumsum(routed, out=offsets[1:])
         pooled = self.group.lookup(torch.from_numpy(values), torch.from_numpy(offsets))
         dim = self.method.dim
-        if self.n_blocks > 1:  # [keys * batch, blocks * d]: add the blocks' partial sums
-            pooled = pooled.view(self.n_keys * batch, self.n_blocks, dim).sum(dim=1)
-        pooled = pooled.view(self.n_keys, batch, dim).transpose(0, 1).reshape(batch, self.n_keys * dim)
+        if self.n_blocks > 1:  # [batch * keys, blocks * d], bags example-major: add the blocks' partial sums
+            pooled = pooled.view(batch * self.n_keys, self.n_blocks, dim).sum(dim=1)
+        pooled = pooled.view(batch, self.n_keys * dim)
         if self.means:
             per_key = torch.from_numpy(lengths).view(self.n_keys, batch)
             for start, end, key in self.means:
