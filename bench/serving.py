@@ -348,7 +348,12 @@ def main(
                 root / "service.log",
                 ports["service"],
             ),
-            start(uvicorn("bench.peers.bare_fastapi:create_app", ports["peer"], workers), {}, root / "peer.log", ports["peer"]),
+            start(
+                uvicorn("bench.peers.bare_fastapi:create_app", ports["peer"], workers),
+                {},
+                root / "peer.log",
+                ports["peer"],
+            ),
         ]
 
         def load(path: str, b: int, c: int, seconds: float) -> Load:

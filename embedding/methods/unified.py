@@ -17,8 +17,10 @@ backward is about twice as slow when many features share one table (26 features 
 one feature with 26x the bags, same rows: ~2x in bench/embedding_throughput.py), so the unified
 table is handed over as one feature per block. Example-major bags make the pooled
 [batch x keys, blocks x d] output a free view of [batch, keys x d] once the blocks' partial sums
-are added (key-major bags needed a transpose, forward and backward). Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
-table-wise sharding of blocks spreads the one logical table over ranks like row-wise sharding.
+are added (key-major bags needed a transpose, forward and backward). Each block's feature holds
+every bag of the batch (those whose value lies in another block are empty), so more blocks cost
+more bags (one block is the default); table-wise sharding of blocks spreads the one logical table
+over CPU ranks like row-wise sharding.
 
 Hot path (CPU): `rows` hashes every lookup of a batch in one vectorised call (`HashBank`, numpy),
 `route_rows` routes with numpy (a 16-bit radix sort); the trainer routes a batch once (`prepare`,
@@ -231,7 +233,9 @@ class UnifiedEmbedding(EmbeddingMethod):
         return KeyedJaggedTensor(
             keys=self._block_keys,
             values=local[order],
-            lengths=torch.bincount(slot, minlength=n_blocks * batch * n_keys) if n_blocks > 1 else key_major.T.reshape(-1),
+            lengths=(
+                torch.bincount(slot, minlength=n_blocks * batch * n_keys) if n_blocks > 1 else key_major.T.reshape(-1)
+            ),
         )
 
     def is_routed(self, features: KeyedJaggedTensor) -> bool:
