@@ -144,9 +144,7 @@ def load_split(
             seen[n].append(bag.values().numpy())
     vocab = {n: np.unique(np.concatenate(v)) if v else np.empty(0, np.int64) for n, v in seen.items()}
     labels = np.array([e.label for e in events], dtype=np.float64)
-    return Split(
-        name, schema, train, test, vocab, fit_end, len(events) - cut, float(labels.mean()), val, cut - fit_end
-    )
+    return Split(name, schema, train, test, vocab, fit_end, len(events) - cut, float(labels.mean()), val, cut - fit_end)
 
 
 def budget_shares(n: int, low: float = 0.01, high: float = 0.5) -> list[float]:
@@ -158,9 +156,7 @@ def budget_shares(n: int, low: float = 0.01, high: float = 0.5) -> list[float]:
     return [float(x) for x in np.geomspace(low, high, n)]
 
 
-def configs_at(
-    split: Split, share: float, labels: Sequence[str], seed: int, **hyper: Any
-) -> dict[str, ModelConfig]:
+def configs_at(split: Split, share: float, labels: Sequence[str], seed: int, **hyper: Any) -> dict[str, ModelConfig]:
     """label -> ModelConfig with `share` x the collisionless bytes (collisionless itself: the full tables);
     `hyper`: keyword arguments of `budget_method_args` (parts, robe_block, num_hashes, mlet_inner_dim)."""
     out: dict[str, ModelConfig] = {}
