@@ -57,7 +57,8 @@ def pad_batch(
     """Pad to `size` examples with empty bags, zero dense features, label 0 and weight 0.
 
     `sparse`: the batch's KJT as the model consumes it (e.g. routed), default `features.sparse`;
-    it must have `len(features)` examples per key."""
+    each of its keys holds `m` bags per example, example-major where m > 1 (a routed unified batch:
+    one bag per (example, lookup)), so a key's bags are padded at its end to `size * m`."""
     n = len(features)
     if n > size:
         raise TrainerError(f"batch of {n} events exceeds batch_size {size}")
@@ -70,9 +71,10 @@ def pad_batch(
     if n == size:
         return kjt, features.dense, labels, weights
     keys = kjt.keys()
-    lengths = kjt.lengths().view(len(keys), n)
-    padded_lengths = torch.zeros(len(keys), size, dtype=lengths.dtype)
-    padded_lengths[:, :n] = lengths
+    per_example = kjt.lengths().numel() // (len(keys) * n) if n else 1
+    lengths = kjt.lengths().view(len(keys), n * per_example)
+    padded_lengths = torch.zeros(len(keys), size * per_example, dtype=lengths.dtype)
+    padded_lengths[:, : n * per_example] = lengths
     padded = KeyedJaggedTensor(keys=keys, values=kjt.values(), lengths=padded_lengths.reshape(-1))
     dense = torch.zeros(size, features.dense.shape[1])
     dense[:n] = features.dense

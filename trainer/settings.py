@@ -35,12 +35,15 @@ class TrainerSettings(CommonSettings):
     schema_name: str = Field("movielens", validation_alias="UNIREC_TRAINER_SCHEMA")
     """A shipped schema name (embedding/schemas) or a YAML path."""
     model: ModelConfig = Field(
-        default_factory=lambda: ModelConfig(method="unified", method_args={"num_rows": 100_000, "num_blocks": 2})
+        default_factory=lambda: ModelConfig(method="unified", method_args={"num_rows": 100_000, "num_blocks": 1})
     )
     """The model trained and exported (`embedding.model.ModelConfig`): `UNIREC_TRAINER_MODEL` as JSON, or
     one field at a time, `UNIREC_TRAINER_MODEL__METHOD=robe`, `UNIREC_TRAINER_MODEL__METHOD_ARGS='{...}'`.
-    For `unified`, row blocks are placed table-wise over CPU ranks; fewer blocks are faster per rank
-    (bench/results/embedding_throughput.md), so the default matches the default 2 ranks."""
+    For `unified`, one block: as fast as per-feature tables, 2 blocks 0.6x (bench/results/
+    embedding_throughput.md), and no slower end to end with 2 CPU ranks (bench/trainer_throughput.py),
+    although the one table then lives on one CPU rank; set `num_blocks` to the rank count to spread
+    a table too big for one process over CPU ranks (table-wise). On GPUs the plan is row-wise, any
+    block count."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where each rank trains: auto takes its CUDA device (LOCAL_RANK) when torch sees one, else the CPU."""

@@ -9,7 +9,15 @@ table (`block_sizes`: ceil(M/B) rows each, the last one smaller, so row r lives 
 r // ceil(M/B); where that would leave a block empty, e.g. 9 rows in 4 blocks, rows are split as
 evenly as possible, 3 2 2 2, and `locate` finds them). Each lookup is routed to its
 block and the pooled partial sums are added back, so the method is exactly the same for any B
-(sum pooling is linear). Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
+(sum pooling is linear).
+
+Layout for the kernel: each block table has ONE TorchRec feature, `lookups#{b}`, whose bags are
+all (example, lookup key) pairs of the batch, example-major (stride batch x keys). fbgemm's CPU
+backward is about twice as slow when many features share one table (26 features on one table vs
+one feature with 26x the bags, same rows: ~2x in bench/embedding_throughput.py), so the unified
+table is handed over as one feature per block. Example-major bags make the pooled
+[batch x keys, blocks x d] output a free view of [batch, keys x d] once the blocks' partial sums
+are added (key-major bags needed a transpose, forward and backward). Blocks give fbgemm's TBE per-table parallelism and cache locality back, and
 table-wise sharding of blocks spreads the one logical table over ranks like row-wise sharding.
 
 Hot path (CPU): `rows` hashes every lookup of a batch in one vectorised call (`HashBank`, numpy),
@@ -54,7 +62,8 @@ class Routed:
     """One batch routed to the row blocks: what `UnifiedEmbedding.forward` consumes, and the rows."""
 
     kjt: KeyedJaggedTensor
-    """Keys `{feature}@{lookup}#{block}` (block-major), values rows inside their block."""
+    """Keys `lookups#{block}`, each with one bag per (example, lookup key), example-major; values rows
+    inside their block."""
     rows: torch.Tensor
     """Logical rows of every lookup, key-major in `lookup_keys` order (int64)."""
     lengths: torch.Tensor
@@ -88,15 +97,14 @@ class UnifiedEmbedding(EmbeddingMethod):
         self._block_rows = self.sizes[0] if uniform else None
         self._keys = lookup_keys(schema)
         self.hashes = [self.hash_for(name, j) for name, j in self._keys]
-        key_names = [f"{name}@{j}" for name, j in self._keys]
-        tables = []
-        for b, rows in enumerate(self.sizes):
-            tables.append(
-                table(self.table_name(b), rows, self.dim, [f"{key}#{b}" for key in key_names], std=init_std)
-            )
+        # one feature per block (see the module doc), in the order of the EBC's tables: DMP's input
+        # dist then needs no permute
+        self._block_keys = [f"lookups#{b}" for b in range(num_blocks)]
+        tables = [
+            table(self.table_name(b), rows, self.dim, [self._block_keys[b]], std=init_std)
+            for b, rows in enumerate(self.sizes)
+        ]
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
-        # block-major, the order of the EBC's tables: DMP's input dist then needs no permute
-        self._block_keys = [f"{key}#{b}" for b in range(num_blocks) for key in key_names]
         self._bank = HashBank(self.hashes)
         names = self.schema.sparse_names
         self._first_lookup = [self._keys.index((name, 0)) for name in names]
@@ -163,9 +171,9 @@ class UnifiedEmbedding(EmbeddingMethod):
         return self._bank(key_values, counts), np.ascontiguousarray(key_lengths, dtype=np.int64)
 
     def route(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """The input as the EBC consumes it: keys `{feature}@{lookup}#{block}` (block-major, the
-        tables' order), values rows inside their block, bags kept in order (a lookup's bag is split
-        over the blocks)."""
+        """The input as the EBC consumes it: keys `lookups#{block}` (the tables' order), each with a
+        bag per (example, lookup key), example-major, values rows inside their block (a lookup's
+        bag is split over the blocks, its values kept in order)."""
         return self.prepare(features).kjt
 
     def prepare(self, features: KeyedJaggedTensor) -> Routed:
@@ -181,11 +189,23 @@ class UnifiedEmbedding(EmbeddingMethod):
         return Routed(kjt, torch.from_numpy(rows), torch.from_numpy(lengths))
 
     def route_rows(self, rows: np.ndarray, lengths: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(values, lengths) of the routed KJT for logical `rows` with bag `lengths` [keys * batch]."""
+        """(values, lengths) of the routed KJT for logical `rows` with key-major bag `lengths`
+        [keys * batch]: bags reordered example-major, then split over the blocks."""
         n_keys, n_blocks = len(self._keys), self.num_blocks
+        key_major = lengths.reshape(n_keys, batch)
+        if len(rows) == lengths.size and n_keys > 1:  # one value per bag: the reorder is a transpose
+            rows = np.ascontiguousarray(rows.reshape(n_keys, batch).T).reshape(-1)
+        elif n_keys > 1:
+            starts = np.zeros(lengths.size, dtype=np.int64)
+            np.cumsum(lengths[:-1], out=starts[1:])
+            bag_lengths = key_major.T.reshape(-1)
+            bag_starts = starts.reshape(n_keys, batch).T.reshape(-1)
+            ends = np.cumsum(bag_lengths)
+            source = np.arange(len(rows), dtype=np.int64) + np.repeat(bag_starts - (ends - bag_lengths), bag_lengths)
+            rows = rows[source]
+        lengths = np.ascontiguousarray(key_major.T).reshape(-1)
         if n_blocks == 1:
             return rows, lengths
-        bag = np.repeat(np.arange(n_keys * batch, dtype=np.int64), lengths)  # key*batch + example
         if self._block_rows is not None:
             block = rows // self._block_rows
             local = rows - block * self._block_rows
@@ -193,28 +213,25 @@ class UnifiedEmbedding(EmbeddingMethod):
             starts = np.asarray(self.starts, dtype=np.int64)
             block = np.searchsorted(starts[1:], rows, side="right")
             local = rows - starts[block]
-        key = bag // batch
-        group = block * n_keys + key
-        # a stable sort by (block, key) keeps bag order inside each group; 16-bit keys sort by radix
-        order = np.argsort(group.astype(np.int16) if n_keys * n_blocks < 2**15 else group, kind="stable")
-        slot = (group * batch + (bag - key * batch))[order]
-        values = local[order]
-        return values, np.bincount(slot, minlength=n_keys * n_blocks * batch).astype(np.int64)
+        bag = np.repeat(np.arange(batch * n_keys, dtype=np.int64), lengths)  # example * keys + key
+        # a stable sort by block keeps bag order inside each block; 16-bit keys sort by radix
+        order = np.argsort(block.astype(np.int16) if n_blocks < 2**15 else block, kind="stable")
+        slot = (block * (batch * n_keys) + bag)[order]
+        return local[order], np.bincount(slot, minlength=n_blocks * batch * n_keys).astype(np.int64)
 
     def _route_torch(self, rows: torch.Tensor, lengths: torch.Tensor, batch: int) -> KeyedJaggedTensor:
         n_keys, n_blocks = len(self._keys), self.num_blocks
-        if n_blocks == 1:
-            return KeyedJaggedTensor(keys=self._block_keys, values=rows, lengths=lengths)
+        key_major = lengths.view(n_keys, batch)
         bag = torch.repeat_interleave(torch.arange(n_keys * batch, device=rows.device), lengths)  # key*batch + example
-        block, local = self.locate(rows)
         key = torch.div(bag, batch, rounding_mode="floor")
-        group = block * n_keys + key
-        order = torch.argsort(group, stable=True)
-        slot = (group * batch + (bag - key * batch))[order]
+        example_major = (bag - key * batch) * n_keys + key
+        block, local = self.locate(rows)
+        slot = block * (batch * n_keys) + example_major
+        order = torch.argsort(slot, stable=True)
         return KeyedJaggedTensor(
             keys=self._block_keys,
             values=local[order],
-            lengths=torch.bincount(slot, minlength=n_keys * n_blocks * batch),
+            lengths=torch.bincount(slot, minlength=n_blocks * batch * n_keys) if n_blocks > 1 else key_major.T.reshape(-1),
         )
 
     def is_routed(self, features: KeyedJaggedTensor) -> bool:
@@ -223,7 +240,6 @@ class UnifiedEmbedding(EmbeddingMethod):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled embeddings per feature, from fingerprints or from an already routed batch."""
-        batch = features.stride()
         n_keys, n_blocks = len(self._keys), self.num_blocks
         if self.is_routed(features):
             routed = features
@@ -231,8 +247,11 @@ class UnifiedEmbedding(EmbeddingMethod):
         else:
             routed = self.route(features)
             divisors = self.mean_divisors(features)
-        pooled = self.ebc(routed).values()  # [batch, blocks * keys * d], table (block) major
-        pooled = pooled.view(batch, n_blocks, n_keys * self.dim).sum(dim=1)
+        batch = routed.stride() // n_keys
+        pooled = self.ebc(routed).values()  # [batch * keys, blocks * d]: bags example-major, blocks side by side
+        if n_blocks > 1:
+            pooled = pooled.view(batch * n_keys, n_blocks, self.dim).sum(dim=1)
+        pooled = pooled.view(batch, n_keys * self.dim)
         per_feature = list(torch.split(pooled, [self.schema.width(s.name) for s in self.schema.sparse], dim=1))
         for i, spec in enumerate(self.schema.sparse):
             if spec.name in divisors:
@@ -244,8 +263,8 @@ class UnifiedEmbedding(EmbeddingMethod):
         means = [i for i, spec in enumerate(self.schema.sparse) if spec.pooling == "mean"]
         if not means:
             return {}
-        per_key = routed.lengths().view(self.num_blocks, len(self._keys), -1).sum(dim=0)
+        per_key = routed.lengths().view(self.num_blocks, -1, len(self._keys)).sum(dim=0)  # [batch, keys]
         return {
-            self.schema.sparse[i].name: per_key[self._first_lookup[i]].clamp(min=1).to(torch.float32).unsqueeze(1)
+            self.schema.sparse[i].name: per_key[:, self._first_lookup[i]].clamp(min=1).to(torch.float32).unsqueeze(1)
             for i in means
         }

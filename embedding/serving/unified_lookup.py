@@ -34,7 +34,7 @@ class Pooled:
 class UnifiedLookup:
     def __init__(self, method: UnifiedEmbedding, tables: QuantEmbeddingBags) -> None:
         if len(tables.groups) != 1 or tables.groups[0].features != method._block_keys:
-            raise ValueError("UnifiedLookup needs the method's tables in one TBE, in its block-major key order")
+            raise ValueError("UnifiedLookup needs the method's tables in one TBE, one feature per block in block order")
         self.method = method
         self.group = tables.groups[0]
         self.n_keys = len(method._keys)
@@ -54,8 +54,10 @@ class UnifiedLookup:
         offsets = np.zeros(routed.size + 1, dtype=np.int64)
         np.cumsum(routed, out=offsets[1:])
         pooled = self.group.lookup(torch.from_numpy(values), torch.from_numpy(offsets))
-        if self.n_blocks > 1:  # [batch, blocks * keys * d], block-major: add the blocks' partial sums
-            pooled = pooled.view(batch, self.n_blocks, -1).sum(dim=1)
+        dim = self.method.dim
+        if self.n_blocks > 1:  # [batch * keys, blocks * d], bags example-major: add the blocks' partial sums
+            pooled = pooled.view(batch * self.n_keys, self.n_blocks, dim).sum(dim=1)
+        pooled = pooled.view(batch, self.n_keys * dim)
         if self.means:
             per_key = torch.from_numpy(lengths).view(self.n_keys, batch)
             for start, end, key in self.means:
