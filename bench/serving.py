@@ -199,7 +199,7 @@ def start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subproc
     raise RuntimeError(f"{argv[3]} did not become ready within 300 s; see {log}")
 
 
-def uvicorn(factory: str, port: int) -> list[str]:
+def uvicorn(factory: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -211,7 +211,7 @@ def uvicorn(factory: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
         "--no-access-log",
         "--log-level",
         "warning",
@@ -305,6 +305,7 @@ def main(
     swap_duration: float = typer.Option(10.0, help="Seconds of each swap row (deltas every second in one)."),
     python_client: bool = typer.Option(False, help="Use the Python client even when wrk is on PATH."),
     max_load: float = typer.Option(8.0, help="Refuse to start above this one-minute load average."),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes of the service and of the peer alike."),
 ) -> None:
     if machine_load() > max_load:
         raise SystemExit(f"load average {machine_load():.2f} > {max_load}: the machine is busy (--max-load)")
@@ -342,12 +343,12 @@ def main(
         }
         servers = [
             start(
-                uvicorn("services.inference.app:serve_app", ports["service"]),
+                uvicorn("services.inference.app:serve_app", ports["service"], workers),
                 env,
                 root / "service.log",
                 ports["service"],
             ),
-            start(uvicorn("bench.peers.bare_fastapi:create_app", ports["peer"]), {}, root / "peer.log", ports["peer"]),
+            start(uvicorn("bench.peers.bare_fastapi:create_app", ports["peer"], workers), {}, root / "peer.log", ports["peer"]),
         ]
 
         def load(path: str, b: int, c: int, seconds: float) -> Load:
@@ -414,7 +415,8 @@ def main(
             "torch_threads": 1,
             "model": f"MovieLens schema, unified {CONFIG.method_args['num_rows']:,} x {schema.embedding_dim} int8, "
             f"DCN-v2 cross {CONFIG.cross_layers} x rank {CONFIG.cross_rank}, over {list(CONFIG.over_arch)}",
-            "service": "uvicorn, 1 worker, access log off, following the store (polling 0.25 s)",
+            "service": f"uvicorn, {workers} worker{'s' if workers > 1 else ''} (the peer too), access log off, "
+            "following the store (polling 0.25 s)",
         },
         "http": [
             {
