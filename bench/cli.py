@@ -65,6 +65,11 @@ def quality_command(
     threads: int = typer.Option(1, min=1, help="torch threads (the bench is single-process)."),
     render_only: bool = typer.Option(False, help="Rewrite the markdown and plot from the JSON of an earlier run."),
     merge: bool = typer.Option(False, help="Replace only the rerun methods' rows in an existing JSON."),
+    tune: bool = typer.Option(
+        False, help="Search each method's grid (bench.quality.grid_points), choose on validation, report test."
+    ),
+    val_share: float = typer.Option(0.1, help="--tune: share of the training period held out for validation."),
+    share: list[float] = typer.Option(None, "--share", help="Explicit budget shares (instead of --budgets)."),
 ) -> None:
     """Train every method at equal memory on real data; write quality_<dataset>.md/.json/.png."""
     torch.set_num_threads(threads)
@@ -85,7 +90,7 @@ def quality_command(
     spec = q.TrainSpec(batch_size=batch_size, epochs=epochs, sparse_lr=sparse_lr, dense_lr=dense_lr)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "quality_fast_" if fast else "quality_"
-    shares = q.budget_shares(budgets, low, high)
+    shares = sorted(share) if share else q.budget_shares(budgets, low, high)
     seed_list = list(range(seeds))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     for name in datasets:
@@ -108,6 +113,26 @@ def quality_command(
                 md = write_results(f"quality_mlet_{name}", data, q.render_mlet, out)
                 q.mlet_plot(data, out / f"quality_mlet_{name}.png")
                 console.print(f"wrote {md}")
+                continue
+            if tune:
+                name_e = f"quality_tuned_{name}_e{epochs}"
+                if render_only:
+                    data = read_results(name_e, out)
+                else:
+                    split = q.load_split(
+                        name, limit=limit, batch_size=batch_size, data_dir=data_dir, val_share=val_share
+                    )
+                    d = split.schema.embedding_dim
+                    points = sum(len(q.grid_points(lb, d)) for lb in labels if lb != q.BASELINE)
+                    total = (points * len(shares) + (q.BASELINE in labels)) * len(seed_list)
+                    task = progress.add_task(f"{name} tuned", total=total)
+                    results = q.run_tuned(
+                        split, labels, shares, seed_list, spec, on_result=lambda _r, _t=task: progress.advance(_t)
+                    )
+                    data = q.document(results, spec, split={**q.split_facts(split), "n_val": split.n_val})
+                md = write_results(name_e, data, q.render_tuned, out)
+                q.pareto_plot(q.selected(data), out / f"{name_e}.png")
+                console.print(f"wrote {md} and .png")
                 continue
             if render_only:
                 data = read_results(f"{prefix}{name}", out)
@@ -147,6 +172,11 @@ def streaming_command(
     churn: list[str] = typer.Option(["low", "high"], help="Churn settings (low, high)."),
     out: Path = typer.Option(RESULTS, help="Where quality_streaming.md/.json go."),
     merge: bool = typer.Option(False, help="Replace only the rerun methods' rows in an existing JSON."),
+    tune: bool = typer.Option(
+        False, help="Search each method's grid (bench.quality.grid_points), choose on validation, report test."
+    ),
+    val_share: float = typer.Option(0.1, help="--tune: share of the training period held out for validation."),
+    share: list[float] = typer.Option(None, "--share", help="Explicit budget shares (instead of --budgets)."),
 ) -> None:
     """Train each method online through Kafka with `unirec train` on the churn simulator."""
     from bench import streaming as s

@@ -84,6 +84,9 @@ class Split:
     n_train: int
     n_test: int
     positive_rate: float
+    val: list[FeatureBatch] = field(default_factory=list)
+    """The end of the training period, held out of training to choose hyperparameters (may be empty)."""
+    n_val: int = 0
 
     @property
     def collisionless_bytes(self) -> int:
@@ -113,8 +116,14 @@ def load_split(
     batch_size: int = 512,
     data_dir: str | Path | None = None,
     embedding_dim: int | None = None,
+    val_share: float = 0.0,
 ) -> Split:
-    """Events of a shipped dataset in time order, featurized in batches and split train/test."""
+    """Events of a shipped dataset in time order, featurized in batches and split train/test.
+
+    With `val_share` > 0 the last `val_share` of the training period becomes the validation split:
+    the model never trains on it and the vocabulary comes from the rest."""
+    if not 0 <= val_share < 1:
+        raise ValueError(f"val_share must be in [0, 1); got {val_share}")
     schema = load_schema(name)
     if embedding_dim is not None:
         schema = schema.model_copy(update={"embedding_dim": embedding_dim})
@@ -127,14 +136,15 @@ def load_split(
     def batches(part: Sequence[Event]) -> list[FeatureBatch]:
         return [featurize(part[i : i + batch_size]) for i in range(0, len(part), batch_size)]
 
-    train, test = batches(events[:cut]), batches(events[cut:])
+    fit_end = cut - int(cut * val_share)
+    train, val, test = batches(events[:fit_end]), batches(events[fit_end:cut]), batches(events[cut:])
     seen: dict[str, list[np.ndarray]] = {n: [] for n in schema.sparse_names}
     for b in train:
         for n, bag in jagged(b.sparse, schema).items():
             seen[n].append(bag.values().numpy())
     vocab = {n: np.unique(np.concatenate(v)) if v else np.empty(0, np.int64) for n, v in seen.items()}
     labels = np.array([e.label for e in events], dtype=np.float64)
-    return Split(name, schema, train, test, vocab, cut, len(events) - cut, float(labels.mean()))
+    return Split(name, schema, train, test, vocab, fit_end, len(events) - cut, float(labels.mean()), val, cut - fit_end)
 
 
 def budget_shares(n: int, low: float = 0.01, high: float = 0.5) -> list[float]:
@@ -146,14 +156,15 @@ def budget_shares(n: int, low: float = 0.01, high: float = 0.5) -> list[float]:
     return [float(x) for x in np.geomspace(low, high, n)]
 
 
-def configs_at(split: Split, share: float, labels: Sequence[str], seed: int) -> dict[str, ModelConfig]:
-    """label -> ModelConfig with `share` x the collisionless bytes (collisionless itself: the full tables)."""
+def configs_at(split: Split, share: float, labels: Sequence[str], seed: int, **hyper: Any) -> dict[str, ModelConfig]:
+    """label -> ModelConfig with `share` x the collisionless bytes (collisionless itself: the full tables);
+    `hyper`: keyword arguments of `budget_method_args` (parts, robe_block, num_hashes, mlet_inner_dim)."""
     out: dict[str, ModelConfig] = {}
     variants = [v for v in labels if v != BASELINE]
     budget = int(split.collisionless_bytes * share)
     counts = {n: max(1, len(v)) for n, v in split.vocab.items()}
     for label, (method, args) in budget_method_args(
-        split.schema, budget, vocab=counts, variants=variants, seed=seed, known_vocab=True
+        split.schema, budget, vocab=counts, variants=variants, seed=seed, known_vocab=True, **hyper
     ).items():
         if method == "managed_collision":
             args = {**args, "eviction_interval": MC_EVICTION_INTERVAL}
@@ -179,8 +190,8 @@ def embedding_bytes(model: DCNModel) -> int:
     return sum(p.numel() * p.element_size() for p in model.sparse.parameters())
 
 
-def train_eval(split: Split, config: ModelConfig, spec: TrainSpec) -> tuple[float, float, float, int]:
-    """(held-out AUC, held-out log loss, training seconds, trainable embedding bytes) of one run."""
+def fit(split: Split, config: ModelConfig, spec: TrainSpec) -> tuple[DCNModel, float]:
+    """The model of `config` trained on the training split (`spec.epochs` passes in order) and the seconds it took."""
     model = build(split, config)
     sparse_params = list(model.sparse.parameters())
     ids = {id(p) for p in sparse_params}
@@ -200,12 +211,23 @@ def train_eval(split: Split, config: ModelConfig, spec: TrainSpec) -> tuple[floa
             loss.backward()
             for opt in optimisers:
                 opt.step()
-    train_s = time.perf_counter() - started
+    return model, time.perf_counter() - started
+
+
+def score(model: DCNModel, batches: Sequence[FeatureBatch]) -> tuple[float, float]:
+    """(ROC AUC, log loss) of a trained model on `batches`."""
     model.eval()
     with torch.no_grad():
-        scores = torch.cat([torch.sigmoid(model(b.sparse, b.dense)) for b in split.test]).double().numpy()
-    labels = torch.cat([b.labels for b in split.test if b.labels is not None]).double().numpy()
-    return rank_auc(scores, labels), log_loss(scores, labels), train_s, embedding_bytes(model)
+        scores = torch.cat([torch.sigmoid(model(b.sparse, b.dense)) for b in batches]).double().numpy()
+    labels = torch.cat([b.labels for b in batches if b.labels is not None]).double().numpy()
+    return rank_auc(scores, labels), log_loss(scores, labels)
+
+
+def train_eval(split: Split, config: ModelConfig, spec: TrainSpec) -> tuple[float, float, float, int]:
+    """(held-out AUC, held-out log loss, training seconds, trainable embedding bytes) of one run."""
+    model, train_s = fit(split, config, spec)
+    auc, loss = score(model, split.test)
+    return auc, loss, train_s, embedding_bytes(model)
 
 
 def run_grid(
@@ -533,3 +555,162 @@ def check_variants(labels: Sequence[str]) -> list[str]:
     if bad:
         raise ValueError(f"unknown methods {bad}; known: {list(known)}")
     return list(labels)
+
+
+# ------------------------------------------------------------------------------------------ tuned grid
+
+
+def grid_points(label: str, d: int) -> list[tuple[str, dict[str, Any]]]:
+    """(name, `budget_method_args` keywords) of the hyperparameters searched per method, after the papers:
+    QR/CRT/PQ partitions k in {2, 3, 4} (Shi et al. search {2, 3, 4, 8, 16}), ROBE's block Z in
+    {d/2, d, 2d}, hash embedding's hashes per value in {2, 3}, MLET's inner dim in {2d, 4d}; one point
+    for the methods without one."""
+    if label in ("qr", "qr_mux", "crt", "pq", "pq_mux"):
+        return [(f"k={k}", {"parts": k}) for k in (2, 3, 4)]
+    if label in ("robe", "robe_mux"):
+        return [(f"Z={z}", {"robe_block": z}) for z in (max(1, d // 2), d, 2 * d)]
+    if label in ("hash_embedding", "hash_embedding_mux"):
+        return [(f"hashes={h}", {"num_hashes": h}) for h in (2, 3)]
+    if label.startswith("mlet_"):
+        return [(f"k={f}d", {"mlet_inner_dim": f * d}) for f in (2, 4)]
+    return [("-", {})]
+
+
+def run_tuned(
+    split: Split,
+    labels: Sequence[str],
+    shares: Sequence[float],
+    seeds: Sequence[int],
+    spec: TrainSpec,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Every (seed, budget, label, grid point), scored on the validation and the test split; collisionless
+    once per seed. `extra` holds the grid point (`hp`) and the validation AUC and log loss."""
+    if not split.val:
+        raise ValueError("run_tuned needs a validation split; load it with val_share > 0")
+    results: list[RunResult] = []
+    d = split.schema.embedding_dim
+    for seed in seeds:
+        for i, share in enumerate(shares):
+            for label in labels:
+                if label == BASELINE and i > 0:
+                    continue
+                for hp, hyper in grid_points(label, d) if label != BASELINE else [("-", {})]:
+                    config = configs_at(split, share, [label], seed, **hyper)[label]
+                    model, train_s = fit(split, config, spec)
+                    val_auc, val_loss = score(model, split.val)
+                    auc, loss = score(model, split.test)
+                    is_base = label == BASELINE
+                    result = RunResult(
+                        dataset=split.name,
+                        label=label,
+                        method=config.method,
+                        budget_share=1.0 if is_base else share,
+                        budget_bytes=split.collisionless_bytes if is_base else int(split.collisionless_bytes * share),
+                        bytes=embedding_bytes(model),
+                        seed=seed,
+                        auc=auc,
+                        logloss=loss,
+                        train_s=train_s,
+                        extra={"hp": hp, "val_auc": val_auc, "val_logloss": val_loss},
+                    )
+                    results.append(result)
+                    log_event(log, "tuned_run", label=label, hp=hp, share=share, seed=seed, val_auc=val_auc, auc=auc)
+                    if on_result is not None:
+                        on_result(result)
+    return results
+
+
+def select_best(results: Sequence[RunResult]) -> dict[tuple[str, float], tuple[str, list[RunResult]]]:
+    """(label, budget share) -> (grid point with the best mean validation AUC over seeds, its runs)."""
+    groups: dict[tuple[str, float], dict[str, list[RunResult]]] = {}
+    for r in results:
+        groups.setdefault((r.label, r.budget_share), {}).setdefault(r.extra["hp"], []).append(r)
+    out = {}
+    for key, by_hp in groups.items():
+        hp = max(by_hp, key=lambda h: statistics.fmean(r.extra["val_auc"] for r in by_hp[h]))
+        out[key] = (hp, by_hp[hp])
+    return out
+
+
+def selected(data: dict[str, Any]) -> dict[str, Any]:
+    """The document with only the runs of the selected grid points (what the tables and plot report)."""
+    chosen = select_best(runs_of(data))
+    runs = [asdict(r) for _, rs in chosen.values() for r in rs]
+    return {**data, "runs": runs}
+
+
+def render_tuned(data: dict[str, Any]) -> str:
+    """Test AUC of the grid point chosen on validation, per method (rows) and budget (columns), with the
+    margin over unified; then every grid point's validation AUC."""
+    results = runs_of(data)
+    chosen = select_best(results)
+    split, spec = data["split"], data["spec"]
+    shares = sorted({s for (lb, s) in chosen if lb != BASELINE})
+    labels = [lb for lb in dict.fromkeys(r.label for r in results) if lb != BASELINE]
+    seeds = sorted({r.seed for r in results})
+    collisionless = split["collisionless_bytes"]
+
+    def stats(runs: Sequence[RunResult], key: Callable[[RunResult], float]) -> tuple[float, float]:
+        return _mean_std([key(r) for r in runs])
+
+    lines = [
+        f"# Quality at equal memory, tuned on validation: {split['name']}, {spec['epochs']} epoch(s)",
+        "",
+        f"Generated by `unirec bench quality --tune`. Time-ordered split: {split['n_train']:,} training events, "
+        f"then {split['n_val']:,} validation events (the end of the training period, never trained on), then "
+        f"{split['n_test']:,} test events; d={split['embedding_dim']}, {split['sparse_features']} sparse features, "
+        f"DCN-v2, {spec['epochs']} pass(es) in time order, batch {spec['batch_size']}, Adagrad lr "
+        f"{spec['sparse_lr']:g} / Adam lr {spec['dense_lr']:g}; seeds {seeds}. Budgets are shares of the "
+        f"collisionless tables ({_fmt_bytes(collisionless)} for the {split['vocab_values']:,} values of the "
+        "training events). Per method and budget the grid point (`bench.quality.grid_points`) with the best "
+        "mean validation AUC over seeds is chosen; cells give its test AUC mean ± std over seeds, the chosen "
+        "point, and the paired margin over unified at the same budget (mean ± std of the per-seed "
+        "differences; `tie` when within one std). **bold** = best test AUC in the column.",
+        "",
+    ]
+    base = chosen.get((BASELINE, 1.0))
+    if base is not None:
+        m, sd = stats(base[1], lambda r: r.auc)
+        lines += [f"Collisionless (full tables): test AUC {m:.4f} ± {sd:.4f}.", ""]
+    means = {key: stats(runs, lambda r: r.auc)[0] for key, (_, runs) in chosen.items()}
+    head = "| method | " + " | ".join(f"{s:.3g} ({_fmt_bytes(collisionless * s)})" for s in shares) + " |"
+    lines += ["## Test AUC of the chosen configuration", "", head, "|---|" + "---:|" * len(shares)]
+    for lb in labels:
+        cells = []
+        for s in shares:
+            if (lb, s) not in chosen:
+                cells.append("–")
+                continue
+            hp, runs = chosen[(lb, s)]
+            m, sd = stats(runs, lambda r: r.auc)
+            best = max(v for (label, ss), v in means.items() if ss == s and label != BASELINE)
+            text = f"{m:.4f} ± {sd:.4f}"
+            text = f"**{text}**" if m == best else text
+            if hp != "-":
+                text += f" ({hp})"
+            ref = chosen.get(("unified", s))
+            if ref is not None and lb != "unified":
+                paired = {r.seed: r.auc for r in ref[1]}
+                diffs = [r.auc - paired[r.seed] for r in runs if r.seed in paired]
+                dm, dsd = _mean_std(diffs)
+                text += f"<br>{dm:+.4f} ± {dsd:.4f}" + (" tie" if abs(dm) <= dsd else "")
+            cells.append(text)
+        lines.append(f"| {lb} | " + " | ".join(cells) + " |")
+    lines += ["", "## Validation AUC of every grid point", "", head, "|---|" + "---:|" * len(shares)]
+    points: dict[tuple[str, str, float], list[RunResult]] = {}
+    for r in results:
+        if r.label != BASELINE:
+            points.setdefault((r.label, r.extra["hp"], r.budget_share), []).append(r)
+    for lb in labels:
+        for hp in dict.fromkeys(h for (label, h, _) in points if label == lb):
+            cells = []
+            for s in shares:
+                runs = points.get((lb, hp, s))
+                if runs is None:
+                    cells.append("–")
+                    continue
+                m, sd = stats(runs, lambda r: r.extra["val_auc"])
+                cells.append(f"{m:.4f} ± {sd:.4f}" + (" ✓" if chosen[(lb, s)][0] == hp else ""))
+            lines.append(f"| {lb} {hp} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

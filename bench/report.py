@@ -33,6 +33,7 @@ RENDERERS: dict[str, str] = {
     "quality_streaming": "bench.streaming:render",
     "quality_multisize": "bench.quality_multisize:render",
     "quality_mlet_*": "bench.quality:render_mlet",
+    "quality_tuned_*": "bench.quality:render_tuned",
     "quality_*": "bench.quality:render",
 }
 """Results name (glob, first match wins) -> `module:function` that renders its Markdown from its JSON.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -83,3 +84,39 @@ def test_compositional_methods_enumerate_the_training_vocabulary() -> None:
     assert math.prod(moduli) >= len(users)
     categories = sparse.categories("user", 0, users)  # component rows are a bijection of the category
     assert categories.unique().numel() == len(users), "collision-free on the known vocabulary"
+
+
+def _tuned(label: str, hp: str, seed: int, val_auc: float, auc: float) -> q.RunResult:
+    return q.RunResult("ml", label, label, 0.1, 100, 100, seed, auc, 0.6, 1.0, {"hp": hp, "val_auc": val_auc})
+
+
+def test_the_grid_point_is_chosen_on_validation_not_on_test() -> None:
+    runs = [
+        *(_tuned("qr", "k=2", s, val_auc=0.70, auc=0.60) for s in range(3)),
+        *(_tuned("qr", "k=3", s, val_auc=0.65, auc=0.80) for s in range(3)),
+    ]
+    hp, chosen = q.select_best(runs)[("qr", 0.1)]
+    assert hp == "k=2" and [r.auc for r in chosen] == [0.60] * 3
+
+
+def test_tuned_table_gives_the_paired_margin_over_unified_and_calls_ties() -> None:
+    runs = [
+        *(_tuned("unified", "-", s, 0.6, 0.60 + 0.01 * s) for s in range(3)),
+        *(_tuned("robe", "Z=8", s, 0.7, 0.65 + 0.01 * s) for s in range(3)),
+        _tuned("qr", "k=2", 0, 0.7, 0.61), _tuned("qr", "k=2", 1, 0.7, 0.60), _tuned("qr", "k=2", 2, 0.7, 0.63),
+    ]  # fmt: skip
+    split = {"name": "ml", "n_train": 1, "n_val": 1, "n_test": 1, "embedding_dim": 16, "sparse_features": 2,
+             "collisionless_bytes": 1000, "vocab_values": 10}  # fmt: skip
+    table = q.render_tuned({"split": split, "spec": {"epochs": 1, "batch_size": 8, "sparse_lr": 0.1, "dense_lr": 0.1},
+                            "runs": [dataclasses.asdict(r) for r in runs]})  # fmt: skip
+    robe = next(line for line in table.splitlines() if line.startswith("| robe |"))
+    assert "**0.6600 ± 0.0100** (Z=8)<br>+0.0500 ± 0.0000" in robe and "tie" not in robe
+    qr = next(line for line in table.splitlines() if line.startswith("| qr |"))
+    assert qr.endswith("+0.0033 ± 0.0115 tie |")
+
+
+def test_grid_points_follow_the_papers_search() -> None:
+    assert [h for h, _ in q.grid_points("robe", 16)] == ["Z=8", "Z=16", "Z=32"]
+    assert [kw["parts"] for _, kw in q.grid_points("qr", 16)] == [2, 3, 4]
+    assert [kw["mlet_inner_dim"] for _, kw in q.grid_points("mlet_unified", 16)] == [32, 64]
+    assert q.grid_points("unified", 16) == [("-", {})]
