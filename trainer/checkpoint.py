@@ -93,8 +93,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    state = {"model": model.state_dict(), "sparse_optim": model.fused_optimizer.state_dict()}  # type: ignore[operator]
-    dcp.save(state, checkpoint_id=str(tmp / "state"))
+    dcp.save(_sharded_state(model), checkpoint_id=str(tmp / "state"))
     if rank == 0:
         tensors, groups = _dense_optim_tensors(dense_opt)
         save_file(tensors, str(tmp / "dense_optim.safetensors"), metadata={"param_groups": json.dumps(groups)})
@@ -114,13 +113,25 @@ def save_checkpoint(
     return final
 
 
+def _sharded_state(model: torch.nn.Module) -> dict[str, Any]:
+    """What each rank saves and loads through torch.distributed.checkpoint: the model, and the fused
+    sparse optimiser's state where this rank holds tables (a rank that holds none, e.g. rank 1 of
+    two with the unified table as one table-wise block, has an empty one, which DCP cannot name)."""
+    state: dict[str, Any] = {"model": model.state_dict()}
+    sparse = model.fused_optimizer.state_dict()  # type: ignore[operator]
+    if sparse.get("state"):  # {"state": {}} where the rank holds no table
+        state["sparse_optim"] = sparse
+    return state
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, dense_opt: torch.optim.Optimizer) -> CheckpointMeta:
     """Collective: restore model, both optimisers; return the metadata (offsets, step, ...)."""
     meta = read_meta(path)
-    state = {"model": model.state_dict(), "sparse_optim": model.fused_optimizer.state_dict()}  # type: ignore[operator]
+    state = _sharded_state(model)
     dcp.load(state, checkpoint_id=str(path / "state"))
     model.load_state_dict(state["model"])
-    model.fused_optimizer.load_state_dict(state["sparse_optim"])  # type: ignore[operator]
+    if "sparse_optim" in state:
+        model.fused_optimizer.load_state_dict(state["sparse_optim"])  # type: ignore[operator]
     dense_path = path / "dense_optim.safetensors"
     tensors = load_file(str(dense_path))
     from safetensors import safe_open
