@@ -22,6 +22,7 @@ Render = Callable[[dict[str, Any]], str]
 
 RENDERERS: dict[str, str] = {
     "artifact_sizes": "bench.artifact_sizes:render",
+    "batch_size": "bench.batch_size:render",
     "churn": "bench.churn:render",
     "embedding_throughput": "bench.embedding_throughput:render",
     "freshness": "bench.freshness:render",
