@@ -3,8 +3,9 @@
 Keys (all with the configured TTL; `P` is the key prefix, default `unirec:churn`):
 
     P:{feature}:{window_start}:{rank}        serialised compact theta sketch of the rank's IDs
-    P:@rows:{window_start}:{rank}            zlib of the rank's touched-rows matrix (rows x ceil(F/8) bytes,
-                                             bit i % 8 of byte i // 8: feature i touched the row)
+    P:@rows:{window_start}:{rank}            zlib of the rows the rank touched (`load.TouchedRows.to_bytes`:
+                                             uint32 rows, then ceil(F/8) bytes per row, bit i % 8 of
+                                             byte i // 8: feature i touched the row)
     P:@meta:{window_start}:{rank}            JSON: the step at which the rank closed the window, counts
     P:@progress:{rank}                       end (ms) of the latest window the rank has published
     P:@summary:{window_start}                JSON: the merged numbers of every feature (rank 0 writes)
@@ -28,11 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
 import orjson
 import redis
 
 from core.logs import get_logger, log_event
+from trainer.churn.load import TouchedRows
 from trainer.churn.settings import ChurnSettings
 
 log = get_logger("churn")
@@ -51,8 +52,8 @@ class RankPart:
     window_start: int
     step: int
     sketches: dict[str, bytes] = field(default_factory=dict)
-    rows: np.ndarray | None = None
-    """Touched-rows matrix (table_rows x ceil(F/8) uint8, see `load.RowTracker`), if rows were tracked."""
+    rows: TouchedRows | None = None
+    """The rows the rank touched in the window (`load.TouchedRows`), if rows were tracked."""
     ids: int = 0
 
 
@@ -154,7 +155,7 @@ class RedisExchange:
         core.append((k.progress(part.rank), str(window_end).encode()))
         bulky = []
         if with_rows and part.rows is not None:
-            bulky = [(k.rows(part.window_start, part.rank), zlib.compress(part.rows.tobytes(), 1))]
+            bulky = [(k.rows(part.window_start, part.rank), zlib.compress(part.rows.to_bytes(), 1))]
         self._enqueue(_Pending(part.window_start, core, bulky))
 
     def publish_summary(self, window_start: int, summary: dict[str, Any]) -> None:
@@ -252,12 +253,12 @@ class RedisExchange:
         part = RankPart(rank, window_start, int(meta["step"]), ids=int(meta.get("ids", 0)))
         part.sketches = {f: v for f, v in zip(features, values[1 : 1 + n], strict=True) if v is not None}
         if rows_shape is not None and values[1 + n] is not None:
-            flat = np.frombuffer(zlib.decompress(values[1 + n]), dtype=np.uint8)
-            if flat.size == rows_shape[0] * rows_shape[1]:
-                part.rows = flat.reshape(rows_shape)
-            else:
+            table_rows, width = rows_shape
+            try:
+                part.rows = TouchedRows.from_bytes(zlib.decompress(values[1 + n]), width, table_rows)
+            except ValueError as exc:
                 log_event(log, "churn rows of another rank ignored: other table size or schema", logging.WARNING,
-                          rank=rank, window_start=window_start, size=flat.size, expected=rows_shape)
+                          rank=rank, window_start=window_start, error=str(exc), expected=rows_shape)
         return part
 
     def close(self) -> None:

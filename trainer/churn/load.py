@@ -10,19 +10,22 @@ A feature with L lookups throws L balls per ID; one of its IDs "shares a row wit
 any of its L rows holds a ball of another ID: 1 - (1 - 1/M)^(L * (N - L)). Features of one seed group
 that see equal tokens put them in the same rows; the formulas count those twice (an upper bound).
 
-Staleness: `RowTracker` keeps, per feature, the bitmap of rows it touched in the open window (the hot
-path ORs bits in), and globally, per feature, the bitmap of rows it ever touched plus one shared
-uint32 array with the step at which each row was last updated by any rank. Memory:
-M * (4 + 2 * ceil(F / 8)) bytes for F features (M = 2.6M rows, F = 26: 31 MB), plus one more
-M * ceil(F / 8) per window waiting for other ranks' parts. Updates from other
-ranks arrive per window, so a row's last step is known to the resolution of one window (the step at
-which the rank that touched it closed that window).
+Staleness: `RowTracker` keeps the rows each feature touched in the open window as the hot path hands
+them over, and hands the window out as `TouchedRows` (its distinct rows and their feature bits:
+sparse, so closing a window costs what it touched, not the table's size: a replay of old events closes
+a window every batch); globally it keeps, per feature, the bitmap of rows it ever touched plus one
+shared uint32 array with the step at which each row was last updated by any rank. Memory:
+M * (4 + ceil(F / 8)) bytes for F features (M = 2.6M rows, F = 26: 21 MB), plus the touched rows of
+the open window and of the windows waiting for other ranks' parts. Updates from other ranks arrive
+per window, so a row's last step is known to the resolution of one window (the step at which the
+rank that touched it closed that window).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,27 +73,57 @@ def table_load(
     }
 
 
+@dataclass(frozen=True)
+class TouchedRows:
+    """The rows one rank touched in one window: `rows`, sorted distinct uint32 row ids, and `bits`, per row
+    one byte per 8 features (bit i % 8 of byte i // 8: feature i touched the row)."""
+
+    rows: np.ndarray
+    bits: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.bits.nbytes
+
+    def to_bytes(self) -> bytes:
+        """Little-endian uint32 rows, then the bit bytes row by row (what other ranks fetch from Redis)."""
+        return self.rows.astype("<u4", copy=False).tobytes() + self.bits.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, width: int, table_rows: int) -> TouchedRows:
+        """Parse `to_bytes` of a rank with `width` bit bytes per row and a table of `table_rows` rows;
+        ValueError when the data cannot be that (another schema or table size)."""
+        if len(data) % (4 + width):
+            raise ValueError(f"{len(data)} bytes is not a whole number of rows of 4 + {width} bytes")
+        n = len(data) // (4 + width)
+        rows = np.frombuffer(data, dtype="<u4", count=n).astype(np.uint32)
+        if n and int(rows.max()) >= table_rows:
+            raise ValueError(f"row {int(rows.max())} is outside a table of {table_rows} rows")
+        bits = np.frombuffer(data, dtype=np.uint8, offset=4 * n).reshape(n, width)
+        return cls(rows, bits)
+
+
 class RowTracker:
     """Which rows each feature touched, and when any rank last updated each row (see module doc).
 
     Per row one byte per 8 features: bit i % 8 of byte i // 8 belongs to feature i, for the open window
-    (`take_window` hands it out and starts a new one) and for all merged windows (`apply`)."""
+    (`take_window` hands it out as `TouchedRows` and starts a new one) and for all merged windows
+    (`apply`)."""
 
     def __init__(self, features: Sequence[str], table_rows: int) -> None:
-        if table_rows < 1:
-            raise ValueError(f"table_rows must be >= 1, got {table_rows}")
+        if not 1 <= table_rows <= 1 << 32:
+            raise ValueError(f"table_rows must be in [1, 2^32] (rows are uint32), got {table_rows}")
         self.features = list(features)
         self.table_rows = table_rows
         self.width = max(1, math.ceil(len(self.features) / 8))
         self._slot = {f: (i // 8, np.uint8(1 << (i % 8))) for i, f in enumerate(self.features)}
-        self._window = np.zeros((table_rows, self.width), dtype=np.uint8)
+        self._window: list[tuple[np.ndarray, int, np.uint8]] = []
         self._member = np.zeros((table_rows, self.width), dtype=np.uint8)
         self._last_step = np.zeros(table_rows, dtype=np.uint32)
-        self._any_window = False
 
     @property
     def memory_bytes(self) -> int:
-        return self._window.nbytes + self._member.nbytes + self._last_step.nbytes
+        return sum(rows.nbytes for rows, _, _ in self._window) + self._member.nbytes + self._last_step.nbytes
 
     def touch(self, feature: str, rows: np.ndarray) -> None:
         """Hot path: mark `rows` (unified-table rows of this step's lookups of `feature`) as touched."""
@@ -104,27 +137,28 @@ class RowTracker:
             bad = lo if lo < 0 else hi
             raise ValueError(f"row {bad} of feature {feature!r} is outside the unified table [0, {self.table_rows})")
         byte, bit = self._slot[feature]
-        column = self._window[:, byte]
-        column[rows] |= bit
-        self._any_window = True
+        self._window.append((rows.astype(np.uint32), byte, bit))
 
-    def take_window(self) -> np.ndarray | None:
-        """The open window's touched-rows matrix (table_rows x width bytes), or None if nothing was touched."""
-        if not self._any_window:
+    def take_window(self) -> TouchedRows | None:
+        """The open window's touched rows, or None if nothing was touched; starts a new window."""
+        if not self._window:
             return None
-        window, self._window = self._window, np.zeros_like(self._window)
-        self._any_window = False
-        return window
+        parts, self._window = self._window, []
+        rows = np.unique(np.concatenate([r for r, _, _ in parts]))
+        bits = np.zeros((rows.size, self.width), dtype=np.uint8)
+        for feature_rows, byte, bit in parts:
+            bits[np.searchsorted(rows, feature_rows), byte] |= bit  # repeated rows write the same byte
+        return TouchedRows(rows, bits)
 
-    def apply(self, window: np.ndarray, step: int) -> None:
-        """Merge one rank's touched-rows matrix of one window, closed at `step`, into the global state."""
-        if window.shape != self._member.shape:
-            raise ValueError(f"touched-rows matrix of shape {window.shape}, expected {self._member.shape} "
-                             "(same schema and table_rows on every rank)")
-        np.bitwise_or(self._member, window, out=self._member)
-        touched = window.any(axis=1)
+    def apply(self, window: TouchedRows, step: int) -> None:
+        """Merge one rank's touched rows of one window, closed at `step`, into the global state."""
+        if window.bits.shape[1:] != (self.width,) or (window.rows.size and int(window.rows.max()) >= self.table_rows):
+            raise ValueError(f"touched rows of {window.bits.shape[1:]} bytes per row up to row "
+                             f"{int(window.rows.max()) if window.rows.size else None}, expected {self.width} bytes "
+                             f"and rows below {self.table_rows} (same schema and table_rows on every rank)")
+        self._member[window.rows] |= window.bits
         step32 = np.uint32(min(max(step, 0), np.iinfo(np.uint32).max))
-        np.maximum(self._last_step, step32, out=self._last_step, where=touched)
+        self._last_step[window.rows] = np.maximum(self._last_step[window.rows], step32)
 
     def stale_shares(self, step: int, stale_steps: int) -> dict[str, float]:
         """Per feature: the share of the rows it ever touched that no rank updated in the last `stale_steps`."""

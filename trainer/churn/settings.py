@@ -31,7 +31,8 @@ class ChurnSettings(ChurnKeySettings):
     history_windows: int = Field(8, ge=1, le=64)
     """Cohorts kept for the ID-lifetime summary: the new-ID sketch of each of the last N windows."""
     stale_steps: int = Field(1000, ge=1)
-    """A row counts as stale when no rank updated it for this many steps (resolved to whole windows)."""
+    """A row counts as stale when no rank updated it for this many steps (resolved to whole windows; the
+    shares are recomputed, one pass over the table, every stale_steps / 16 steps)."""
     ttl_s: int = Field(7 * 24 * 3600, ge=60)
     """Lifetime of every key written to Redis."""
     finalize_grace_windows: int = Field(2, ge=0)

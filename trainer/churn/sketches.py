@@ -9,9 +9,9 @@ shifted right by one) and passes on only the values whose hash is below the sket
 the sketch rejects every other value itself, so the result is identical (byte for byte) while an
 estimation-mode sketch of n IDs sees only about k/n of them. It also remembers the IDs it has already
 passed on (pandas' C hash table, `Int64HashTable`; pruned to those below theta when it passes 4k) and
-drops survivors found there or repeated in the batch (first occurrence kept, so the insertion order is
-unchanged): the sketch would ignore them as duplicates. So each distinct ID below theta costs one
-`update()` call per window, however hot it is.
+drops survivors found there or repeated in the batch (`Int64HashTable.unique`: first occurrence
+kept, so the insertion order is unchanged): the sketch would ignore them as duplicates. So each
+distinct ID below theta costs one `update()` call per window, however hot it is.
 
 Distinct counts come from the same theta sketch (relative standard error 1/sqrt(k)) rather than a
 separate HLL sketch: an HLL would need a second Python call per item without telling anything the
@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import datasketches as ds
 import numpy as np
-import pandas as pd
 from pandas._libs.hashtable import Int64HashTable
 
 THETA_SEED = 9001
@@ -101,12 +100,14 @@ class WindowSketch:
         self._passed_count = 0
         self._prune_at = 4 << lg_k
 
-    def update(self, fingerprints: np.ndarray) -> None:
+    def update(self, fingerprints: np.ndarray, hashes: np.ndarray | None = None) -> None:
+        """Offer a batch of fingerprints; `hashes`: their `theta_hashes`, when the caller has them already."""
         values = as_int64(fingerprints)
         if not values.size:
             return
         self.ids_seen += values.size
-        hashes = theta_hashes(values)
+        if hashes is None:
+            hashes = theta_hashes(values)
         theta = np.uint64(self.sketch.theta64)
         keep = hashes < theta
         keep &= hashes != 0
@@ -117,7 +118,7 @@ class WindowSketch:
             fresh = fresh[self._passed.lookup(fresh) < 0]
             if not fresh.size:
                 return
-        fresh = pd.unique(fresh)  # hash-based, first occurrence order: the sketch sees the same sequence
+        fresh = Int64HashTable(fresh.size).unique(fresh)  # first occurrence order: the sketch sees the same sequence
         self._remember(fresh, theta)
         self.ids_passed += fresh.size
         update = self.sketch.update

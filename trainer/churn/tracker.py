@@ -10,13 +10,14 @@ the KJT), its event times, optionally the unified-table rows each feature touche
     ...
     tracker.close()
 
-Hot path: per feature one vectorised hash of the IDs and a handful of sketch updates (see
-`sketches.WindowSketch`), one OR into a row bitmap, and no network I/O. A window closes when a batch
-of a later window arrives (windows are aligned to the epoch; a batch belongs to the window of its
-largest event time, late batches count in the open window). At close the rank's sketches go to
-an outbox; with one rank the window is merged at once and the outbox written to Redis at most
-every second (or when half full), in one pipeline for all windows closed meanwhile (a replay of old
-events can close a window every batch). With more ranks the part is published at close and the
+Hot path: one vectorised hash of every ID of the batch, per feature a handful of sketch updates (see
+`sketches.WindowSketch`), the touched rows kept for the window, and no network I/O. A window closes
+when a batch of a later window arrives (windows are aligned to the epoch; a batch belongs to the
+window of its largest event time, late batches count in the open window), so closing costs what the
+window touched (a replay of old events can close a window every batch). With one rank the window
+is merged at once and its summary goes to an outbox written to Redis at most every second (or when
+half full), in one pipeline for all windows closed meanwhile. With more ranks the rank's part
+(sketches, touched rows) is published at close and the
 window merged once every rank has published it (or `finalize_grace_windows` later with the parts at
 hand), in window order, so every rank computes the same global numbers.
 """
@@ -44,10 +45,12 @@ from trainer.churn.sketches import (
     FeatureHistory,
     FeatureWindowStats,
     WindowSketch,
+    as_int64,
     deserialize,
     empty_sketch,
     serialize,
     sketch_bytes,
+    theta_hashes,
     union,
 )
 
@@ -103,6 +106,9 @@ class ChurnTracker:
             f: FeatureHistory(f, s.lg_k, s.union_lg_k, s.history_windows, s.window_s) for f in self.features
         }
         self._rows: RowTracker | None = None
+        self._stale: dict[str, float] | None = None
+        """The stale share of each feature's rows, as of step `_stale_step` (see `_stale_shares`)."""
+        self._stale_step = 0
         self._exchange = RedisExchange(redis_url, s, rank, clock) if redis_url else None
         self._metrics = ChurnMetrics(registry, self.features) if registry is not None else None
         self._clock = clock
@@ -152,12 +158,17 @@ class ChurnTracker:
         elif start < self._open.start:
             self.late_batches += 1
         window = self._open
-        for feature, values in fingerprints.items():
+        columns = {f: as_int64(v) for f, v in fingerprints.items()}
+        hashes = theta_hashes(np.concatenate(list(columns.values()))) if columns else None  # one call for all
+        offset = 0
+        for feature, values in columns.items():
             sketch = window.sketches.get(feature)
             if sketch is None:
                 self._check_feature(feature, "fingerprints")
                 sketch = window.sketches[feature] = WindowSketch(self.settings.lg_k)
-            sketch.update(values)
+            assert hashes is not None
+            sketch.update(values, hashes[offset : offset + values.size])
+            offset += values.size
         if rows:
             if self._rows is None:
                 self._rows = RowTracker(self.features, self.table_rows)
@@ -207,8 +218,8 @@ class ChurnTracker:
         self._closed += 1
         self._closed_starts.append(window.start)
         self._waiting.append(_ClosedWindow(part, compacts, self._closed))
-        if self._exchange is not None:
-            self._exchange.publish_part(part, window.start + self._window_ms, with_rows=self.world_size > 1)
+        if self._exchange is not None and self.world_size > 1:  # parts are for the other ranks' merges
+            self._exchange.publish_part(part, window.start + self._window_ms, with_rows=True)
             if len(self._closed_starts) == self._closed_starts.maxlen:
                 self._exchange.drop_bulky_before(self._closed_starts[0])
         if self.world_size == 1:  # nothing to wait for: merge now; Redis gets it at the next poll
@@ -260,7 +271,10 @@ class ChurnTracker:
         for f in self.features:
             sketches: list[ds.theta_sketch] = [head.compacts[f]] if f in head.compacts else []
             sketches += [deserialize(p.sketches[f]) for p in remote if f in p.sketches]
-            merged = union(sketches, self.settings.lg_k) if sketches else empty_sketch()
+            if len(sketches) == 1:  # already trimmed to lg_k: a union of one would copy it unchanged
+                merged = sketches[0]
+            else:
+                merged = union(sketches, self.settings.lg_k) if sketches else empty_sketch()
             stats[f] = self._history[f].advance(merged, start)
         load = table_load(self.table_rows, {f: s.distinct for f, s in stats.items()}, self.lookups)
         for f, (occupied, collisions) in load.items():
@@ -270,7 +284,7 @@ class ChurnTracker:
             if p.rows is not None and self._rows is not None:
                 self._rows.apply(p.rows, p.step)
         if self._rows is not None:
-            for f, share in self._rows.stale_shares(step, self.settings.stale_steps).items():
+            for f, share in self._stale_shares(step).items():
                 stats[f].stale_share = share
         self.windows_merged += 1
         self.windows_partial += not complete
@@ -296,6 +310,14 @@ class ChurnTracker:
         totals = {k: round(sum(getattr(s, k) for s in stats.values())) for k in ("distinct", "new", "vanished")}
         log_event(log, "churn window merged", level, window_start_ms=start, complete=complete,
                   ranks_merged=len(parts), **totals)
+
+    def _stale_shares(self, step: int) -> dict[str, float]:
+        """`RowTracker.stale_shares`, a pass over every row of the table, recomputed once the step moved
+        `stale_steps / 16` past the last pass (not every window: a replay closes one per batch)."""
+        assert self._rows is not None
+        if self._stale is None or step - self._stale_step >= max(1, self.settings.stale_steps // 16):
+            self._stale, self._stale_step = self._rows.stale_shares(step, self.settings.stale_steps), step
+        return self._stale
 
     # --- introspection ------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from trainer.churn.load import (
     RowTracker,
+    TouchedRows,
     collision_rate,
     expected_occupied_rows,
     table_load,
@@ -56,12 +57,15 @@ def test_row_tracker_stale_share_per_feature() -> None:
     tracker.touch("b", np.array([5, 50, 50]))
     tracker.touch("x7", np.array([99]))
     first = tracker.take_window()
-    assert first is not None and first.shape == (100, 2)
-    assert np.flatnonzero(first[:, 0] & 2).tolist() == [5, 50] and np.flatnonzero(first[:, 1]).tolist() == [99]
+    assert first is not None and first.bits.shape == (12, 2)
+    assert first.rows.tolist() == [*range(10), 50, 99]
+    assert first.rows[first.bits[:, 0] & 2 > 0].tolist() == [5, 50]
+    assert first.rows[first.bits[:, 1] > 0].tolist() == [99]
+    assert first.rows[first.bits[:, 0] & 1 > 0].tolist() == list(range(10))
     tracker.apply(first, step=100)
     tracker.touch("a", np.arange(0, 4))
     second = tracker.take_window()
-    assert np.flatnonzero(second[:, 0] & 2).size == 0
+    assert second is not None and second.rows.tolist() == [0, 1, 2, 3] and not (second.bits[:, 0] & 2).any()
     tracker.apply(second, step=200)
     # a's rows 0..3 updated at 200, 4..9 last at 100; b's row 5 was last updated (by a) at 100, row 50 at 100
     shares = tracker.stale_shares(step=250, stale_steps=100)
@@ -76,7 +80,34 @@ def test_row_tracker_stale_share_per_feature() -> None:
     assert tracker.rows_touched()["a"] == 11 and tracker.rows_touched()["b"] == 2
     assert tracker.take_window() is None
     with pytest.raises(ValueError, match="same schema and table_rows"):
-        tracker.apply(np.zeros((100, 1), dtype=np.uint8), step=1)
+        tracker.apply(TouchedRows(np.array([1], dtype=np.uint32), np.zeros((1, 1), dtype=np.uint8)), step=1)
+    with pytest.raises(ValueError, match="same schema and table_rows"):
+        tracker.apply(TouchedRows(np.array([100], dtype=np.uint32), np.zeros((1, 2), dtype=np.uint8)), step=1)
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.lists(st.integers(0, 499), max_size=40)), max_size=30))
+def test_touched_rows_equal_the_dense_bitmap_and_survive_the_wire(touches: list[tuple[int, list[int]]]) -> None:
+    features = [f"f{i}" for i in range(10)]
+    tracker = RowTracker(features, table_rows=500)
+    dense = np.zeros((500, 2), dtype=np.uint8)
+    for feature, rows in touches:
+        tracker.touch(features[feature], np.array(rows, dtype=np.int64))
+        dense[rows, feature // 8] |= np.uint8(1 << (feature % 8))
+    window = tracker.take_window()
+    if not dense.any():
+        assert window is None
+        return
+    assert window is not None
+    rebuilt = np.zeros_like(dense)
+    rebuilt[window.rows] = window.bits
+    assert (rebuilt == dense).all() and (np.diff(window.rows.astype(np.int64)) > 0).all()
+    wire = TouchedRows.from_bytes(window.to_bytes(), width=2, table_rows=500)
+    assert (wire.rows == window.rows).all() and (wire.bits == window.bits).all()
+    top = int(window.rows.max())
+    with pytest.raises(ValueError, match=f"row {top} is outside a table of {top} rows"):
+        TouchedRows.from_bytes(window.to_bytes(), width=2, table_rows=top)
+    with pytest.raises(ValueError, match="whole number of rows"):
+        TouchedRows.from_bytes(window.to_bytes() + b"x", width=2, table_rows=500)
 
 
 def test_row_tracker_rejects_rows_outside_the_table() -> None:
