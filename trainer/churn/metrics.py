@@ -7,9 +7,10 @@ numbers, so a dashboard may read any rank (or `max by (feature)`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 
 from trainer.churn.sketches import FeatureWindowStats
 
@@ -32,32 +33,37 @@ _GAUGES = {
 
 
 class ChurnMetrics:
+    """A collector: `set_window` keeps a reference to the window's stats (a replay merges a window almost
+    every batch, and setting 8 gauges per feature each time cost more than the window's set algebra);
+    the gauges are read from it when /metrics is scraped. NaN until the first window."""
+
     def __init__(self, registry: CollectorRegistry, features: Iterable[str]) -> None:
-        self.gauges = {
-            key: Gauge(name, doc, ["feature"], registry=registry) for key, (name, doc) in _GAUGES.items()
-        }
-        # series exist (NaN) from the start, so dashboards show "no data yet"; the children are kept
-        # because `labels()` costs more than `set()` and a replay merges a window almost every batch
-        self._series = {
-            (key, feature): gauge.labels(feature=feature) for key, gauge in self.gauges.items() for feature in features
-        }
-        for series in self._series.values():
-            series.set(math.nan)
+        self.features = list(features)
+        self._stats: dict[str, FeatureWindowStats] = {}
+        registry.register(self)
 
     def set_window(self, stats: Iterable[FeatureWindowStats]) -> None:
-        for s in stats:
-            values = {
-                "distinct_ids": s.distinct,
-                "new_ids": s.new,
-                "new_id_rate": s.new_rate,
-                "vanished_ids": s.vanished,
-                "jaccard": s.jaccard,
-                "occupied_rows": s.occupied_rows,
-                "collision_rate": s.collision_rate,
-                "stale_share": s.stale_share,
-            }
-            for key, value in values.items():
-                series = self._series.get((key, s.feature))
-                if series is None:
-                    series = self._series[key, s.feature] = self.gauges[key].labels(feature=s.feature)
-                series.set(value)
+        self._stats = {s.feature: s for s in stats}  # one reference swap: a scrape sees one whole window
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._stats
+        features = self.features + [f for f in stats if f not in self.features]
+        for key, (name, doc) in _GAUGES.items():
+            family = GaugeMetricFamily(name, doc, labels=["feature"])
+            for feature in features:
+                s = stats.get(feature)
+                family.add_metric([feature], _value(s, key) if s is not None else math.nan)
+            yield family
+
+
+def _value(s: FeatureWindowStats, key: str) -> float:
+    return {
+        "distinct_ids": s.distinct,
+        "new_ids": s.new,
+        "new_id_rate": s.new_rate,
+        "vanished_ids": s.vanished,
+        "jaccard": s.jaccard,
+        "occupied_rows": s.occupied_rows,
+        "collision_rate": s.collision_rate,
+        "stale_share": s.stale_share,
+    }[key]
