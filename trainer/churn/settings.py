@@ -36,7 +36,8 @@ class ChurnSettings(ChurnKeySettings):
     ttl_s: int = Field(7 * 24 * 3600, ge=60)
     """Lifetime of every key written to Redis."""
     finalize_grace_windows: int = Field(2, ge=0)
-    """A window waits for every rank's part until this many later windows closed here; then it is merged
+    """A window waits for every rank's part until this many later windows closed here (and at least 2 s
+    of wall clock passed: a replay closes windows faster than ranks publish them); then it is merged
     from the parts at hand and marked partial."""
     max_pending_windows: int = Field(64, ge=1)
     """Windows kept for re-publication while Redis is unreachable; older ones are dropped (and logged)."""

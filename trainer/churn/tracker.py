@@ -58,6 +58,13 @@ log = get_logger("churn")
 
 _POLL_S = 1.0
 """How often (wall clock) a rank waiting for other ranks' parts asks Redis again."""
+_PUBLISH_S = 0.25
+"""With more ranks, a closed window's part goes to Redis with the first batch this long after its close,
+together with every part closed meanwhile (a replay closes a window every batch: one round trip each
+cost a fifth of a rank's time)."""
+_GRACE_S = 2.0
+"""Wall-clock floor of `finalize_grace_windows`: a window is not merged without the other ranks' parts
+before this long after its close, so parts published every `_PUBLISH_S` arrive in time in a replay."""
 
 
 @dataclass
@@ -74,6 +81,8 @@ class _ClosedWindow:
     compacts: dict[str, ds.compact_theta_sketch]
     seq: int
     """Number of windows closed here up to and including this one."""
+    closed_at: float
+    """The tracker's clock at the close."""
 
 
 class ChurnTracker:
@@ -217,7 +226,7 @@ class ChurnTracker:
                         touched, window.ids)
         self._closed += 1
         self._closed_starts.append(window.start)
-        self._waiting.append(_ClosedWindow(part, compacts, self._closed))
+        self._waiting.append(_ClosedWindow(part, compacts, self._closed, self._clock()))
         if self._exchange is not None and self.world_size > 1:  # parts are for the other ranks' merges
             self._exchange.publish_part(part, window.start + self._window_ms, with_rows=True)
             if len(self._closed_starts) == self._closed_starts.maxlen:
@@ -225,30 +234,39 @@ class ChurnTracker:
         if self.world_size == 1:  # nothing to wait for: merge now; Redis gets it at the next poll
             while self._waiting:
                 self._finalize_head(force=False)
-        else:  # the other ranks wait for this part (finalize_grace_windows): publish it now
-            self._next_poll = 0.0
+        else:  # the other ranks wait for this part (finalize_grace_windows): publish it soon
+            self._next_poll = min(self._next_poll, self._clock() + _PUBLISH_S)
 
     def _progress(self) -> None:
         self._next_poll = self._clock() + min(_POLL_S, self.settings.retry_s or _POLL_S)
         if self._exchange is not None:
             self._exchange.flush()
-        while self._waiting and self._finalize_head(force=False):
+        progress: dict[int, int] = {}
+        while self._waiting and self._finalize_head(force=False, progress=progress):
             pass
         if self._exchange is not None and self._exchange.pending:
             self._exchange.flush()
 
-    def _finalize_head(self, force: bool) -> bool:
-        """Merge the oldest waiting window if every rank's part is there (or it is overdue); True if merged."""
+    def _finalize_head(self, force: bool, progress: dict[int, int] | None = None) -> bool:
+        """Merge the oldest waiting window if every rank's part is there (or it is overdue); True if merged.
+        `progress`: the other ranks' published progress, fetched into it when empty (one read for the
+        windows merged by one `_progress`)."""
         head = self._waiting[0]
         parts = [head.part]
         remote: list[RankPart] = []
         complete = self.world_size == 1
         if self.world_size > 1 and self._exchange is not None:
             others = [r for r in range(self.world_size) if r != self.rank]
-            overdue = force or self._closed - head.seq >= self.settings.finalize_grace_windows
+            overdue = force or (
+                self._closed - head.seq >= self.settings.finalize_grace_windows
+                and self._clock() - head.closed_at >= _GRACE_S
+            )
             end = head.part.window_start + self._window_ms
             try:
-                progress = self._exchange.progress(others)
+                if progress is None:
+                    progress = {}
+                if not progress:
+                    progress.update(self._exchange.progress(others))
                 ready = [r for r in others if progress.get(r, -1) >= end]
                 if len(ready) < len(others) and not overdue:
                     return False
