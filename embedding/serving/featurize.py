@@ -27,7 +27,7 @@ _INT64 = (-(2**63), 2**63)
 
 
 class ServingFeaturizer:
-    def __init__(self, schema: FeatureSchema, max_events: int = 64, cache_size: int = 1 << 16) -> None:
+    def __init__(self, schema: FeatureSchema, max_events: int = 4096, cache_size: int = 1 << 16) -> None:
         """`cache_size`: fingerprints remembered per feature (the memory is cleared when full)."""
         self.schema = schema
         self.general = Featurizer(schema)

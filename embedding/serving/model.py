@@ -290,8 +290,6 @@ class ServingModel:
         return out
 
     def _logical_seen(self) -> torch.Tensor | None:
-        from embedding.methods.unified import UnifiedEmbedding
-
         method = self.module.sparse
         if self.seen is None or not isinstance(method, UnifiedEmbedding):
             return None

@@ -24,6 +24,8 @@ from embedding.export.quantize import split_codes
 
 _SPARSE_TYPES = {"int8": SparseType.INT8, "int4": SparseType.INT4, "fp16": SparseType.FP16, "fp32": SparseType.FP32}
 _POOLING = {PoolingType.SUM: PoolingMode.SUM, PoolingType.MEAN: PoolingMode.MEAN}
+_BOUNDS_CHECK = torch.ops.fbgemm.bounds_check_indices.default
+_LOOKUP = torch.ops.fbgemm.int_nbit_split_embedding_codegen_lookup_function.default
 
 
 class _Group(nn.Module):
@@ -59,16 +61,15 @@ class _Group(nn.Module):
         host-only table without pruning never has, and pops an empty cache queue before calling
         its kernel; at serving batch sizes that costs several times the kernel. The arguments that
         do not depend on the input are taken from the module once and the same kernel is called,
-        after the same bounds check. The weights are the module's buffer, so rows written later count.
+        after the same bounds check (both ops' one overload, taken once: the packet resolves it per
+        call). The weights are the module's buffer, so rows written later count.
         """
         args = self._kernel_args
         if args is None:
             args = self._kernel_args = self._fixed_args()
         rows, mode, warning, version = self._bounds_args
-        torch.ops.fbgemm.bounds_check_indices(rows, indices, offsets, mode, warning, None, bounds_check_version=version)
-        return torch.ops.fbgemm.int_nbit_split_embedding_codegen_lookup_function(
-            indices=indices, offsets=offsets, indice_weights=None, **args
-        )
+        _BOUNDS_CHECK(rows, indices, offsets, mode, warning, None, bounds_check_version=version)
+        return _LOOKUP(indices=indices, offsets=offsets, indice_weights=None, **args)
 
     def _fixed_args(self) -> dict[str, object]:
         tbe = self.tbe

@@ -22,6 +22,7 @@ import anyio
 import torch
 from fastapi import FastAPI
 from prometheus_client import multiprocess
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.logs import configure_logging, get_logger, log_event
 from embedding.schema import FeatureSchema, load_schema
@@ -50,7 +51,7 @@ def store_source(settings: ServeSettings, expected_schema: FeatureSchema | None)
     return StoreRegistry(settings.model_store, expected_schema)
 
 
-def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
+def create_app(source_factory: SourceFactory | None = None) -> InferenceApp:
     """A new app; `source_factory` replaces the model store (tests, embedding the service elsewhere)."""
     metrics = ServeMetrics()
 
@@ -97,7 +98,7 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
                 multiprocess.mark_process_dead(os.getpid())
             log_event(logger, "stopped")
 
-    app = FastAPI(
+    app = InferenceApp(
         title="unirec inference",
         summary="Click probabilities from the latest exported unified-embedding model, swapped without downtime.",
         version="1",
@@ -105,7 +106,8 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     routes: set[str] = set()
-    app.add_middleware(RequestObserver, metrics=metrics, logger=get_logger("serve.access"), routes=routes)
+    observe = {"metrics": metrics, "logger": get_logger("serve.access"), "routes": routes}
+    app.add_middleware(RequestObserver, **observe)
     app.add_exception_handler(ServiceError, service_error_handler)
     app.include_router(predict.router, prefix="/v1")
     app.include_router(model.router, prefix="/v1")
@@ -114,7 +116,37 @@ def create_app(source_factory: SourceFactory | None = None) -> FastAPI:
     app.include_router(status.page_router)
     _document_msgspec_bodies(app)
     routes.update(app.openapi()["paths"], ("/", app.openapi_url, app.docs_url, app.redoc_url))
+    app.predict_path = "/v1" + predict.ROUTE
+    app.predict_handler = RequestObserver(predict.handle, **observe)
     return app
+
+
+class InferenceApp(FastAPI):
+    """FastAPI, with `POST /v1/predict` answered ahead of Starlette's middleware stack and router.
+
+    Those layers (error and exception middlewares, the exit-stack middleware, matching through the
+    included routers, FastAPI's request wrapper and response) cost more CPU per request than
+    featurizing and scoring one event. The predict handler needs none of them (it is written against
+    the ASGI scope, answers its own errors, and its 500s are uvicorn's), so the app calls it
+    directly, under the same `RequestObserver`. Anything else, and predict under a root path (a
+    mount), goes through the stack, to the documented route that gives the same answers.
+    """
+
+    predict_path: str | None = None
+    predict_handler: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == self.predict_path
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and self.predict_handler is not None
+        ):
+            scope["app"] = self
+            await self.predict_handler(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], T]], T]:
@@ -129,7 +161,7 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], T]], T]:
     return run
 
 
-def serve_app() -> FastAPI:
+def serve_app() -> InferenceApp:
     """The app as `unirec serve` runs it in each worker: JSON log lines, settings from the environment."""
     from services.inference.deps import get_settings
 

@@ -6,10 +6,11 @@ same forward. A single client never waits: with nothing else in flight the flush
 When other predict requests are known to be on their way (received, body or dependencies not
 done yet), the flush waits for them up to `window_s`.
 
-Small forwards run inline on the event loop (a hop to a thread and back costs more than they do
-on a busy 2-core machine); larger ones run on the scoring threads, so the loop keeps reading
-requests meanwhile and they form the next batch. Requests are grouped by the `Served` model they
-took at their start, so a swap never mixes two versions in one forward or one answer.
+Forwards of up to `inline_max_events` run inline on the event loop (the forward holds the GIL, so
+a hop to a thread and back costs more than it overlaps on a busy 2-core machine); larger ones run
+on the scoring threads, so the loop keeps reading requests meanwhile and they form the next batch.
+Requests are grouped by the `Served` model they took at their start, so a swap never mixes two
+versions in one forward or one answer.
 """
 
 from __future__ import annotations

@@ -4,12 +4,13 @@ Every dependency is `async def`: FastAPI runs a plain `def` dependency in its th
 thread hop (and a GIL handoff) per dependency per request, which cost more than the model at batch 1.
 `POST /v1/predict` takes none at all: solving its seven (the served model and the optional API key
 with their sub-dependencies) cost more CPU per request than featurizing and scoring one event, so
-it calls `served_or_503` and `check_predict_key` itself.
+it calls `served_or_503` and `check_predict_key` itself (it is a plain ASGI handler: routers/predict.py).
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated
 
@@ -96,14 +97,14 @@ async def require_admin(
     _check_key(settings, header, bearer)
 
 
-def check_predict_key(settings: ServeSettings, request: Request) -> None:
+def check_predict_key(settings: ServeSettings, headers: Mapping[str, str]) -> None:
     """Predict: the API key is required only with `predict_requires_key` (read from the headers that
     `APIKeyHeader` and `HTTPBearer` read)."""
     if not settings.predict_requires_key:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if scheme.lower() == "bearer" else None
-    _check_key(settings, request.headers.get("x-api-key"), bearer if bearer and token else None)
+    _check_key(settings, headers.get("x-api-key"), bearer if bearer and token else None)
 
 
 PREDICT_SECURITY = [{"APIKeyHeader": []}, {"HTTPBearer": []}]

@@ -72,11 +72,11 @@ def _outcome(served: Served, events: Sequence[Event], metrics: ServeMetrics) -> 
 def _forward(served: Served, batch: FeatureBatch, metrics: ServeMetrics) -> np.ndarray:
     """Probabilities of a batch that passed `_problem`; counts its unseen IDs."""
     model = served.model
-    with torch.inference_mode():
-        if hasattr(model, "score"):
-            scored = model.score(batch)
-            probabilities, unseen = scored.probabilities, scored.unseen
-        else:  # another ServingModelLike: its own seen masks, when it has them
+    if hasattr(model, "score"):  # a ServingModel (it scores under inference mode itself)
+        scored = model.score(batch)
+        probabilities, unseen = scored.probabilities, scored.unseen
+    else:  # another ServingModelLike: its own seen masks, when it has them
+        with torch.inference_mode():
             probabilities = model.predict(batch)
             masks = model.seen_mask(batch) if hasattr(model, "seen_mask") else None
             unseen = None if masks is None else {k: int(m.numel() - m.sum()) for k, m in masks.items()}

@@ -54,9 +54,13 @@ class ServeSettings(CommonSettings):
     """Dynamic batching: how long a forward waits for predict requests already received (body or
     dependencies not done) to join it. Requests the loop has read join without waiting; a single
     client never waits (nothing else is in flight). 0 joins only those."""
-    inline_max_events: int = Field(64, ge=0)
+    inline_max_events: int = Field(1024, ge=0)
     """Forwards of up to this many events run on the event loop itself (no thread hop); larger ones on
-    the `inference_threads`, while the loop reads the next requests. 0: always on a thread."""
+    the `inference_threads`, while the loop reads the next requests. 0: always on a thread. The
+    forward holds the GIL nearly throughout, so a scoring thread does not overlap it with reading
+    requests; its hop and GIL hand-offs only cost (batch 64 at 4 connections: 1.3x the requests/s
+    inline than with forwards over 64 events on a thread). Requests that arrive meanwhile wait in
+    the socket and join the next forward either way."""
     poll_interval_s: float = Field(5.0, gt=0)
     """Seconds between polls of the store's latest version (the fallback when pub/sub is silent or down)."""
     keep_versions: int = Field(3, ge=1, le=32)

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
 from embedding.schema import parse_schema
 from registry.store import LocalModelStore
@@ -379,3 +380,25 @@ def test_status_page_is_self_contained_and_reads_the_status_endpoint(store_dir: 
     assert "v1/status" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no external assets
     assert status == {**status, "ready": False, "model": None, "churn": {}}
+
+
+def test_predict_through_the_route_stack_answers_as_the_direct_handler(store: LocalModelStore, store_dir: Path) -> None:
+    """Under a root path the app does not take its predict shortcut: the documented route answers, the same."""
+    export(store, seed=1)
+    app = make_app(store_dir, follow=False)
+    direct_calls = []
+    handler = app.predict_handler
+
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+        direct_calls.append(scope["path"])
+        await handler(scope, receive, send)
+
+    app.predict_handler = counted
+    bad = {"events": [{"event_id": "a", "ts": "x"}]}
+    with TestClient(app) as direct, TestClient(app, root_path="/api") as mounted:
+        for body in (REQUEST, bad, {"events": []}):
+            one, other = direct.post("/v1/predict", json=body), mounted.post("/api/v1/predict", json=body)
+            assert (one.status_code, one.json()) == (other.status_code, other.json())
+            assert one.headers["content-type"] == other.headers["content-type"] == "application/json"
+        assert direct.get("/v1/predict").status_code == 405  # other methods: FastAPI's answer
+    assert direct_calls == ["/v1/predict"] * 3
