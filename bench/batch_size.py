@@ -171,12 +171,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 256, 1024")
+    parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 256, 1024, 4096")
     parser.add_argument("--max-sparse-lr", type=float, default=1.0)
     parser.add_argument("--max-dense-lr", type=float, default=0.03)
     parser.add_argument("--dry-run", action="store_true", help="print, do not write results")
     args = parser.parse_args()
-    args.batch_size = args.batch_size or [256, 1024]
+    args.batch_size = args.batch_size or [256, 1024, 4096]
     run = measure(args)
     if args.dry_run:
         print(json.dumps([{k: v for k, v in c.items() if k != "runs"} for c in run["cells"]], indent=1))
