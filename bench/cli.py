@@ -83,7 +83,8 @@ def quality_command(
         datasets = dataset or list(q.DATASETS)
         if methods not in ("all", "core"):
             raise typer.BadParameter(f"expected all or core; got {methods!r}", param_hint="--methods")
-        labels = q.check_variants(method or (FULL_METHODS if methods == "all" else CORE_METHODS))
+        extra = q.TUNED_ONLY if tune else ()
+        labels = q.check_variants(method or (FULL_METHODS if methods == "all" else CORE_METHODS), extra)
     bad = [d for d in datasets if d not in q.DATASETS]
     if bad:
         raise typer.BadParameter(f"unknown datasets {bad}; known: {list(q.DATASETS)}", param_hint="--dataset")
@@ -130,6 +131,8 @@ def quality_command(
                         split, labels, shares, seed_list, spec, on_result=lambda _r, _t=task: progress.advance(_t)
                     )
                     data = q.document(results, spec, split={**q.split_facts(split), "n_val": split.n_val})
+                    if merge:
+                        data = q.merge_tuned(read_results(name_e, out), data)
                 md = write_results(name_e, data, q.render_tuned, out)
                 q.pareto_plot(q.selected(data), out / f"{name_e}.png")
                 console.print(f"wrote {md} and .png")

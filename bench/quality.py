@@ -34,7 +34,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -549,8 +549,8 @@ def mlet_plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def check_variants(labels: Sequence[str]) -> list[str]:
-    known = (BASELINE, *VARIANTS)
+def check_variants(labels: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    known = (BASELINE, *VARIANTS, *extra)
     bad = [lb for lb in labels if lb not in known]
     if bad:
         raise ValueError(f"unknown methods {bad}; known: {list(known)}")
@@ -560,20 +560,64 @@ def check_variants(labels: Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------ tuned grid
 
 
+TUNED_ONLY = ("unified_multisize",)
+"""Labels only the tuned grid knows: multi-size unified (`embedding.multisize`: rows of width d' and 1-6
+lookups per feature from the training split's cardinalities, same total width as the single-size schema)."""
+MAX_CATEGORIES = 1 << 63
+"""A compositional feature's S = prod(m_i) must fit int64 (the hash range); k = 8 at large budgets overflows it."""
+
+
 def grid_points(label: str, d: int) -> list[tuple[str, dict[str, Any]]]:
-    """(name, `budget_method_args` keywords) of the hyperparameters searched per method, after the papers:
-    QR/CRT/PQ partitions k in {2, 3, 4} (Shi et al. search {2, 3, 4, 8, 16}), ROBE's block Z in
-    {d/2, d, 2d}, hash embedding's hashes per value in {2, 3}, MLET's inner dim in {2d, 4d}; one point
-    for the methods without one."""
+    """(name, keywords) of the hyperparameters searched per method, after the papers: QR/CRT/PQ partitions
+    k in {2, 3, 4, 8} (Shi et al. search {2, 3, 4, 8, 16}; 8 only where d allows PQ's k parts), ROBE's
+    block Z in {d/2, d, 2d}, hash embedding's hashes per value in {2, 3}, MLET's inner dim in {2d, 4d},
+    path-based QR's path function affine or an MLP of hidden width 4 or d, multi-size unified's row width
+    d' in {d/2, d/4}; one point for the methods without one. Keywords are `budget_method_args`'s, except
+    `row_dim` (multi-size unified). Points a budget cannot hold are skipped (`infeasible`)."""
     if label in ("qr", "qr_mux", "crt", "pq", "pq_mux"):
-        return [(f"k={k}", {"parts": k}) for k in (2, 3, 4)]
+        ks = [k for k in (2, 3, 4, 8) if not label.startswith("pq") or k <= d]
+        return [(f"k={k}", {"parts": k}) for k in ks]
     if label in ("robe", "robe_mux"):
         return [(f"Z={z}", {"robe_block": z}) for z in (max(1, d // 2), d, 2 * d)]
     if label in ("hash_embedding", "hash_embedding_mux"):
         return [(f"hashes={h}", {"num_hashes": h}) for h in (2, 3)]
     if label.startswith("mlet_"):
         return [(f"k={f}d", {"mlet_inner_dim": f * d}) for f in (2, 4)]
+    if label == "path_qr":
+        return [("affine", {"path_hidden": 0}), ("mlp h=4", {"path_hidden": 4}), (f"mlp h={d}", {"path_hidden": d})]
+    if label == "unified_multisize":
+        return [(f"d'={w}", {"row_dim": w}) for w in (d // 2, d // 4) if w >= 1]
     return [("-", {})]
+
+
+def tuned_config(split: Split, share: float, label: str, seed: int, hyper: dict[str, Any]) -> tuple[Split, ModelConfig]:
+    """The split (its schema changed for multi-size unified) and config of one grid point at `share`."""
+    if label == "unified_multisize":
+        from embedding.multisize import multisize_schema
+
+        width = hyper["row_dim"]
+        counts = {n: float(max(1, len(v))) for n, v in split.vocab.items()}
+        schema = multisize_schema(split.schema, split.schema.total_width, width, counts)
+        rows = max(1, round(split.collisionless_bytes * share / (width * FP32)))
+        return replace(split, schema=schema), ModelConfig(
+            method="unified", method_args={"num_rows": rows, "num_blocks": 1, "seed": seed}, seed=seed
+        )
+    return split, configs_at(split, share, [label], seed, **hyper)[label]
+
+
+def infeasible(split: Split, config: ModelConfig, budget: int) -> str | None:
+    """Why a grid point is no equal-memory point at this budget (None when it is): a category count over
+    int64 (k = 8 at large budgets), or bytes over the budget by more than 5% (CRT's coprime moduli at k = 8
+    and small budgets; path-based QR's MLP); MLET is judged by the table it serves."""
+    moduli = config.method_args.get("moduli") if config.method == "compositional" else None
+    if moduli is not None:
+        per_feature = moduli.values() if isinstance(moduli, dict) else [moduli]
+        if any(math.prod(m) >= MAX_CATEGORIES for m in per_feature):
+            return "prod(moduli) over int64"
+    nbytes = embedding_bytes(build(split, config))
+    if config.method != "mlet" and nbytes > budget * 1.05:
+        return f"{nbytes} bytes over the budget of {budget}"
+    return None
 
 
 def run_tuned(
@@ -596,17 +640,21 @@ def run_tuned(
                 if label == BASELINE and i > 0:
                     continue
                 for hp, hyper in grid_points(label, d) if label != BASELINE else [("-", {})]:
-                    config = configs_at(split, share, [label], seed, **hyper)[label]
-                    model, train_s = fit(split, config, spec)
+                    is_base = label == BASELINE
+                    budget = split.collisionless_bytes if is_base else int(split.collisionless_bytes * share)
+                    point, config = tuned_config(split, share, label, seed, hyper)
+                    if not is_base and (why := infeasible(point, config, budget)):
+                        log_event(log, "tuned_skip", label=label, hp=hp, share=share, seed=seed, why=why)
+                        continue
+                    model, train_s = fit(point, config, spec)
                     val_auc, val_loss = score(model, split.val)
                     auc, loss = score(model, split.test)
-                    is_base = label == BASELINE
                     result = RunResult(
                         dataset=split.name,
                         label=label,
                         method=config.method,
                         budget_share=1.0 if is_base else share,
-                        budget_bytes=split.collisionless_bytes if is_base else int(split.collisionless_bytes * share),
+                        budget_bytes=budget,
                         bytes=embedding_bytes(model),
                         seed=seed,
                         auc=auc,
@@ -640,6 +688,69 @@ def selected(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "runs": runs}
 
 
+def merge_tuned(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` with the runs of `previous` whose method was not rerun; both must share the split, the training
+    spec and the seeds (paired margins compare runs of the same seed)."""
+    for key in ("split", "spec"):
+        if previous.get(key) != new.get(key):
+            raise ValueError(f"cannot merge tuned runs with another {key}: {previous.get(key)} vs {new.get(key)}")
+    old_seeds = {r["seed"] for r in previous["runs"]}
+    new_seeds = {r["seed"] for r in new["runs"]}
+    if old_seeds != new_seeds:
+        raise ValueError(f"cannot merge tuned runs over seeds {sorted(new_seeds)} into seeds {sorted(old_seeds)}")
+    rerun = {r["label"] for r in new["runs"]}
+    return {**new, "runs": [r for r in previous["runs"] if r["label"] not in rerun] + new["runs"]}
+
+
+def paired(runs: Sequence[RunResult], against: Sequence[RunResult]) -> tuple[float, float]:
+    """Mean and std over the shared seeds of the test AUC of `runs` minus that of `against`."""
+    ref = {r.seed: r.auc for r in against}
+    return _mean_std([r.auc - ref[r.seed] for r in runs if r.seed in ref])
+
+
+def winners(
+    chosen: dict[tuple[str, float], tuple[str, list[RunResult]]], share: float
+) -> tuple[str, list[tuple[str, float, float]]]:
+    """The method with the best mean test AUC at `share` and, for every other method, best first, the
+    paired margin of the winner over it (mean, std over seeds)."""
+    cells = {lb: runs for (lb, s), (_, runs) in chosen.items() if s == share and lb != BASELINE}
+    order = sorted(cells, key=lambda lb: -statistics.fmean(r.auc for r in cells[lb]))
+    best = order[0]
+    return best, [(lb, *paired(cells[best], cells[lb])) for lb in order[1:]]
+
+
+def render_winners(chosen: dict[tuple[str, float], tuple[str, list[RunResult]]], shares: Sequence[float]) -> list[str]:
+    """Per budget: the winner, its paired margin over the runner-up, the methods it does not beat by more
+    than one std (ties), and its paired margin over collisionless."""
+    base = chosen.get((BASELINE, 1.0))
+    lines = [
+        "## Winner per budget",
+        "",
+        "Paired margins (mean ± std of the per-seed test AUC differences); a method whose margin to the "
+        "winner is within one std ties with it.",
+        "",
+        "| budget | winner | test AUC | over the runner-up | ties (margin) | over collisionless |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    for s in shares:
+        best, rest = winners(chosen, s)
+        runs = chosen[(best, s)][1]
+        m, sd = _mean_std([r.auc for r in runs])
+        if rest:
+            up, dm, dsd = rest[0]
+            runner = f"{up} {dm:+.4f} ± {dsd:.4f}" + (" tie" if abs(dm) <= dsd else "")
+        else:
+            runner = "–"
+        ties = ", ".join(f"{lb} ({dm:+.4f} ± {dsd:.4f})" for lb, dm, dsd in rest if abs(dm) <= dsd) or "none"
+        if base is not None:
+            bm, bsd = paired(runs, base[1])
+            vs_base = f"{bm:+.4f} ± {bsd:.4f}" + (" tie" if abs(bm) <= bsd else "")
+        else:
+            vs_base = "–"
+        lines.append(f"| {s:.3g} | {best} | {m:.4f} ± {sd:.4f} | {runner} | {ties} | {vs_base} |")
+    return [*lines, ""]
+
+
 def render_tuned(data: dict[str, Any]) -> str:
     """Test AUC of the grid point chosen on validation, per method (rows) and budget (columns), with the
     margin over unified; then every grid point's validation AUC."""
@@ -666,7 +777,9 @@ def render_tuned(data: dict[str, Any]) -> str:
         "training events). Per method and budget the grid point (`bench.quality.grid_points`) with the best "
         "mean validation AUC over seeds is chosen; cells give its test AUC mean ± std over seeds, the chosen "
         "point, and the paired margin over unified at the same budget (mean ± std of the per-seed "
-        "differences; `tie` when within one std). **bold** = best test AUC in the column.",
+        "differences; `tie` when within one std). **bold** = best test AUC in the column. Grid points a "
+        "budget cannot hold (`bench.quality.infeasible`: over it by more than 5%, or prod(moduli) over int64) "
+        "are not trained (– below).",
         "",
     ]
     base = chosen.get((BASELINE, 1.0))
@@ -691,13 +804,12 @@ def render_tuned(data: dict[str, Any]) -> str:
                 text += f" ({hp})"
             ref = chosen.get(("unified", s))
             if ref is not None and lb != "unified":
-                paired = {r.seed: r.auc for r in ref[1]}
-                diffs = [r.auc - paired[r.seed] for r in runs if r.seed in paired]
-                dm, dsd = _mean_std(diffs)
+                dm, dsd = paired(runs, ref[1])
                 text += f"<br>{dm:+.4f} ± {dsd:.4f}" + (" tie" if abs(dm) <= dsd else "")
             cells.append(text)
         lines.append(f"| {lb} | " + " | ".join(cells) + " |")
-    lines += ["", "## Validation AUC of every grid point", "", head, "|---|" + "---:|" * len(shares)]
+    lines += ["", *render_winners(chosen, shares), "## Validation AUC of every grid point", "", head]
+    lines += ["|---|" + "---:|" * len(shares)]
     points: dict[tuple[str, str, float], list[RunResult]] = {}
     for r in results:
         if r.label != BASELINE:

@@ -117,6 +117,60 @@ def test_tuned_table_gives_the_paired_margin_over_unified_and_calls_ties() -> No
 
 def test_grid_points_follow_the_papers_search() -> None:
     assert [h for h, _ in q.grid_points("robe", 16)] == ["Z=8", "Z=16", "Z=32"]
-    assert [kw["parts"] for _, kw in q.grid_points("qr", 16)] == [2, 3, 4]
+    assert [kw["parts"] for _, kw in q.grid_points("qr", 16)] == [2, 3, 4, 8]
+    assert [kw["parts"] for _, kw in q.grid_points("pq", 4)] == [2, 3, 4]  # PQ splits d into k parts
+    assert [kw["path_hidden"] for _, kw in q.grid_points("path_qr", 16)] == [0, 4, 16]
+    assert [kw["row_dim"] for _, kw in q.grid_points("unified_multisize", 16)] == [8, 4]
     assert [kw["mlet_inner_dim"] for _, kw in q.grid_points("mlet_unified", 16)] == [32, 64]
     assert q.grid_points("unified", 16) == [("-", {})]
+
+
+def test_winner_row_gives_the_margin_over_the_runner_up_ties_and_collisionless() -> None:
+    runs = [
+        *(_tuned("unified", "-", s, 0.6, 0.60 + 0.01 * s) for s in range(3)),
+        *(_tuned("robe", "Z=8", s, 0.7, 0.70 + 0.01 * s) for s in range(3)),
+        _tuned("qr", "k=2", 0, 0.7, 0.71), _tuned("qr", "k=2", 1, 0.7, 0.70), _tuned("qr", "k=2", 2, 0.7, 0.73),
+    ]  # fmt: skip
+    runs += [dataclasses.replace(r, label="collisionless", budget_share=1.0, auc=0.69) for r in runs[:3]]
+    chosen = q.select_best(runs)
+    best, rest = q.winners(chosen, 0.1)
+    assert best == "qr" and [lb for lb, _, _ in rest] == ["robe", "unified"]
+    row = next(line for line in q.render_winners(chosen, [0.1]) if line.startswith("| 0.1 |"))
+    assert row.startswith("| 0.1 | qr | 0.7133 ± 0.0153 | robe +0.0033 ± 0.0115 tie | robe (+0.0033 ± 0.0115) |")
+    assert row.endswith("| +0.0233 ± 0.0153 |")  # over collisionless, paired by seed: 0.02, 0.01, 0.04
+
+
+def test_grid_points_a_budget_cannot_hold_are_skipped() -> None:
+    from embedding.model import ModelConfig
+
+    schema = _schema()
+    vocab = {n: np.arange(900 if n == "movie" else 50) for n in schema.sparse_names}
+    split = q.Split("ml", schema, [], [], vocab, 1, 1, 0.5)
+    crt = q.configs_at(split, 0.05, ["crt"], seed=0, parts=8)["crt"]  # coprime moduli from 1: over budget
+    assert "over the budget" in (q.infeasible(split, crt, int(split.collisionless_bytes * 0.05)) or "")
+    big = ModelConfig(method="compositional", method_args={"moduli": [2**16] * 4, "operation": "concat"})
+    assert q.infeasible(split, big, 10**9) == "prod(moduli) over int64"
+    qr = q.configs_at(split, 1.0, ["qr"], seed=0, parts=2)["qr"]
+    assert q.infeasible(split, qr, split.collisionless_bytes) is None
+
+
+def _schema():  # noqa: ANN202 - a FeatureSchema
+    from embedding.schema import load_schema
+
+    return load_schema("movielens")
+
+
+def test_merge_keeps_the_methods_not_rerun_and_refuses_another_split() -> None:
+    doc = {"split": {"name": "ml"}, "spec": {"epochs": 1}}
+    def runs(labels: tuple[str, ...], auc: float) -> list[dict]:
+        return [dataclasses.asdict(_tuned(lb, "-", s, auc, auc)) for lb in labels for s in (0, 1)]
+
+    old, new = {**doc, "runs": runs(("unified", "qr"), 0.6)}, {**doc, "runs": runs(("qr", "crt"), 0.7)}
+    merged = q.merge_tuned(old, new)
+    assert [(r["label"], r["auc"]) for r in merged["runs"]] == [("unified", 0.6)] * 2 + [("qr", 0.7)] * 2 + [
+        ("crt", 0.7)
+    ] * 2
+    with pytest.raises(ValueError, match="another split"):
+        q.merge_tuned({**old, "split": {"name": "other"}}, new)
+    with pytest.raises(ValueError, match="seeds"):
+        q.merge_tuned(old, {**new, "runs": new["runs"][:1]})
