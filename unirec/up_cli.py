@@ -126,4 +126,6 @@ def down_command() -> None:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
     stopped = Stack(settings).stop()
+    if pid is not None and pid != os.getpid():  # `unirec up` stopped its own components before exiting
+        stopped.insert(0, f"unirec up (pid {pid}) and what it started")
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")

@@ -77,6 +77,7 @@ def test_a_killed_rank_restarts_the_trainer_and_down_ends_up_with_zero(tmp_path:
             [sys.executable, "-m", "unirec.cli", "down"], env=env, capture_output=True, text=True, timeout=240
         )
         assert down.returncode == 0, down.stderr
+        assert "stopped: unirec up (pid" in down.stderr, down.stderr  # not "nothing was running"
         assert proc.wait(timeout=60) == 0, _out(tmp_path)
         assert not list((tmp_path / "run").glob("*.pid"))
     finally:
