@@ -48,15 +48,16 @@ class ChurnMetrics:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         stats = self._stats
         features = self.features + [f for f in stats if f not in self.features]
+        values = {f: _values(stats[f]) for f in features if f in stats}
         for key, (name, doc) in _GAUGES.items():
             family = GaugeMetricFamily(name, doc, labels=["feature"])
             for feature in features:
-                s = stats.get(feature)
-                family.add_metric([feature], _value(s, key) if s is not None else math.nan)
+                family.add_metric([feature], values[feature][key] if feature in values else math.nan)
             yield family
 
 
-def _value(s: FeatureWindowStats, key: str) -> float:
+def _values(s: FeatureWindowStats) -> dict[str, float]:
+    """The gauges' values (keys of `_GAUGES`) of one feature's window."""
     return {
         "distinct_ids": s.distinct,
         "new_ids": s.new,
@@ -66,4 +67,4 @@ def _value(s: FeatureWindowStats, key: str) -> float:
         "occupied_rows": s.occupied_rows,
         "collision_rate": s.collision_rate,
         "stale_share": s.stale_share,
-    }[key]
+    }

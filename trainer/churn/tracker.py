@@ -168,15 +168,14 @@ class ChurnTracker:
             self.late_batches += 1
         window = self._open
         columns = {f: as_int64(v) for f, v in fingerprints.items()}
-        hashes = theta_hashes(np.concatenate(list(columns.values()))) if columns else None  # one call for all
+        hashes = theta_hashes(np.concatenate(list(columns.values()))) if columns else np.empty(0, np.uint64)
         offset = 0
         for feature, values in columns.items():
             sketch = window.sketches.get(feature)
             if sketch is None:
                 self._check_feature(feature, "fingerprints")
                 sketch = window.sketches[feature] = WindowSketch(self.settings.lg_k)
-            assert hashes is not None
-            sketch.update(values, hashes[offset : offset + values.size])
+            sketch.update(values, hashes[offset : offset + values.size])  # one hash call for all features
             offset += values.size
         if rows:
             if self._rows is None:
@@ -209,7 +208,7 @@ class ChurnTracker:
         are merged from the parts at hand."""
         self.flush()
         while self._waiting:
-            self._finalize_head(force=True)
+            self._finalize_head(force=True, progress={})
         if self._exchange is not None:
             self._exchange.flush()
             if self._exchange.pending:
@@ -233,7 +232,7 @@ class ChurnTracker:
                 self._exchange.drop_bulky_before(self._closed_starts[0])
         if self.world_size == 1:  # nothing to wait for: merge now; Redis gets it at the next poll
             while self._waiting:
-                self._finalize_head(force=False)
+                self._finalize_head(force=False, progress={})
         else:  # the other ranks wait for this part (finalize_grace_windows): publish it soon
             self._next_poll = min(self._next_poll, self._clock() + _PUBLISH_S)
 
@@ -241,16 +240,15 @@ class ChurnTracker:
         self._next_poll = self._clock() + min(_POLL_S, self.settings.retry_s or _POLL_S)
         if self._exchange is not None:
             self._exchange.flush()
-        progress: dict[int, int] = {}
+        progress: dict[int, int] = {}  # read once for every window this round merges
         while self._waiting and self._finalize_head(force=False, progress=progress):
             pass
         if self._exchange is not None and self._exchange.pending:
             self._exchange.flush()
 
-    def _finalize_head(self, force: bool, progress: dict[int, int] | None = None) -> bool:
+    def _finalize_head(self, force: bool, progress: dict[int, int]) -> bool:
         """Merge the oldest waiting window if every rank's part is there (or it is overdue); True if merged.
-        `progress`: the other ranks' published progress, fetched into it when empty (one read for the
-        windows merged by one `_progress`)."""
+        `progress`: the other ranks' published progress, read from Redis into it when empty."""
         head = self._waiting[0]
         parts = [head.part]
         remote: list[RankPart] = []
@@ -263,8 +261,6 @@ class ChurnTracker:
             )
             end = head.part.window_start + self._window_ms
             try:
-                if progress is None:
-                    progress = {}
                 if not progress:
                     progress.update(self._exchange.progress(others))
                 ready = [r for r in others if progress.get(r, -1) >= end]
@@ -289,10 +285,12 @@ class ChurnTracker:
         for f in self.features:
             sketches: list[ds.theta_sketch] = [head.compacts[f]] if f in head.compacts else []
             sketches += [deserialize(p.sketches[f]) for p in remote if f in p.sketches]
-            if len(sketches) == 1:  # already trimmed to lg_k: a union of one would copy it unchanged
+            if not sketches:
+                merged = empty_sketch()
+            elif len(sketches) == 1:  # already trimmed to lg_k: a union of one would copy it unchanged
                 merged = sketches[0]
             else:
-                merged = union(sketches, self.settings.lg_k) if sketches else empty_sketch()
+                merged = union(sketches, self.settings.lg_k)
             stats[f] = self._history[f].advance(merged, start)
         load = table_load(self.table_rows, {f: s.distinct for f, s in stats.items()}, self.lookups)
         for f, (occupied, collisions) in load.items():
