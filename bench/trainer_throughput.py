@@ -94,10 +94,12 @@ def step_rates(events: list, home: Path, redis_url: str, batch_size: int) -> tup
 
 
 def kafka_rate(
-    bootstrap: str, redis_url: str, topic: str, home: Path, ranks: int, batch_size: int | None = None
+    bootstrap: str, redis_url: str, topic: str, home: Path, ranks: int, batch_size: int | None = None,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """`unirec train` with its defaults (only the broker, topic, home, stop-at-end and no metrics port set;
-    `batch_size` overrides the default for the sweep that chooses it)."""
+    `batch_size` overrides the default for the sweep that chooses it, `settings` any other trainer
+    setting by its name after `UNIREC_TRAINER_`)."""
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIREC_") and k not in launcher} | {
         "UNIREC_HOME": str(home), "UNIREC_KAFKA_BOOTSTRAP": bootstrap, "UNIREC_REDIS_URL": redis_url,
@@ -105,6 +107,7 @@ def kafka_rate(
     }  # fmt: skip
     if batch_size:
         env["UNIREC_TRAINER_BATCH_SIZE"] = str(batch_size)
+    env.update({f"UNIREC_TRAINER_{k.upper()}": v for k, v in (settings or {}).items()})
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "unirec.cli", "train", "--nproc", str(ranks)],
                          env=env, capture_output=True, text=True)  # fmt: skip

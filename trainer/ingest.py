@@ -5,7 +5,8 @@ by the `content-type` header) and validates events with msgspec, sends malformed
 dead-letter topic (with the reason and the source partition/offset in headers), cuts batches by
 size or max wait, featurizes them, runs the trainer's `prepare` (the unified table's hashing and
 routing) and hands them to the training loop through a bounded queue, so Kafka, decoding and
-featurization overlap the training step.
+featurization overlap the training step. `trainer.ingest_process` runs the same loop in a child
+process instead, off the training process's GIL.
 
 Bulk: a poll's JSON records of one partition are decoded in one msgspec call (their payloads joined
 as one JSON array; any failure falls back to decoding them one by one, which decides what is dead-
@@ -13,7 +14,8 @@ lettered), each batch is featurized in one call (`Featurizer`, column-wise). The
 work of featurizing and routing releases the GIL; what is left to Python is kafka-python's record
 parsing and one pass over the records.
 Each batch carries the next offset of every assigned partition after it: the loop stores those in
-checkpoints, which is what makes resume exact.
+checkpoints, which is what makes resume exact. Dead letters are flushed to the broker before the
+next batch is handed over, so no checkpoint can move offsets past a dead letter not yet durable.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -33,7 +35,6 @@ from core.logs import get_logger, log_event
 from embedding.events import Event, FeatureBatch, Featurizer
 from embedding.wire import content_type_of, decode_message, encoding_for
 from trainer.errors import TrainerError
-from trainer.telemetry import TrainerMetrics
 
 log = get_logger("trainer.ingest")
 
@@ -45,12 +46,17 @@ class Batch:
     max_ts_ms: int
     offsets: dict[int, int]
     """partition -> next offset to read after this batch (covers dead-lettered records too)."""
-    created: float = field(default_factory=time.monotonic)
     prepared: Any = None
     """What the trainer's `prepare` made of `features` in the ingest thread (None: nothing)."""
 
     def __len__(self) -> int:
         return len(self.event_ids)
+
+
+LagReport = Callable[[str, int, int], None]
+"""(topic, partition, lag) of every assigned partition, about once a second."""
+DeadLetterReport = Callable[[str], None]
+"""The reason of one dead-lettered record."""
 
 
 class KafkaIngest:
@@ -65,7 +71,8 @@ class KafkaIngest:
         batch_size: int,
         max_wait_ms: int,
         prefetch_batches: int,
-        metrics: TrainerMetrics,
+        on_lag: LagReport,
+        on_dead_letter: DeadLetterReport,
         start_offsets: dict[int, int] | None,
         start_from: str = "earliest",
         topic_wait_s: float = 60.0,
@@ -78,11 +85,13 @@ class KafkaIngest:
         self.featurizer = featurizer
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000.0
-        self.metrics = metrics
+        self.on_lag = on_lag
+        self.on_dead_letter = on_dead_letter
         self.prepare = prepare
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=prefetch_batches)
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._unflushed = False
         self.drained = threading.Event()
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -94,6 +103,7 @@ class KafkaIngest:
         )
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, client_id=f"unirec-dlq-{rank}")
         partitions = self._wait_for_partitions(topic_wait_s)
+        self.n_partitions = len(partitions)
         self.partitions = [p for p in partitions if p % world_size == rank]
         self._tps = [TopicPartition(topic, p) for p in self.partitions]
         self.consumer.assign(self._tps)
@@ -129,6 +139,10 @@ class KafkaIngest:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self.close()
+
+    def close(self) -> None:
+        """Flush the dead letters and close both Kafka clients."""
         self.producer.flush(timeout=10)
         self.producer.close(timeout=5)
         self.consumer.close()
@@ -140,10 +154,6 @@ class KafkaIngest:
             return self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
-
-    def flush_dead_letters(self) -> None:
-        """Make dead-lettered records durable before a checkpoint moves offsets past them."""
-        self.producer.flush(timeout=30)
 
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -186,7 +196,7 @@ class KafkaIngest:
             if end is None:
                 continue
             lag = max(0, end - self._position[tp.partition])
-            self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            self.on_lag(tp.topic, tp.partition, lag)
             drained &= lag == 0
         if drained and pending_empty:
             self.drained.set()
@@ -228,7 +238,8 @@ class KafkaIngest:
             ("source_offset", str(record.offset).encode()),
         ]
         self.producer.send(self.dlq_topic, value=record.value, key=record.key, headers=headers)
-        self.metrics.dlq.labels(reason=reason).inc()
+        self._unflushed = True
+        self.on_dead_letter(reason)
         log_event(
             log, "dead_letter", reason=reason, detail=detail[:200], partition=record.partition, offset=record.offset
         )
@@ -249,6 +260,13 @@ class KafkaIngest:
             offsets=dict(self._position),
             prepared=self.prepare(features) if self.prepare is not None else None,
         )
+        if self._unflushed:  # the batch's offsets cover these dead letters: durable first
+            self.producer.flush(timeout=30)
+            self._unflushed = False
+        self._deliver(batch)
+
+    def _deliver(self, batch: Batch) -> None:
+        """Hand a batch to the training loop (waits while the prefetch queue is full)."""
         while not self._stop.is_set():
             try:
                 self.queue.put(batch, timeout=0.2)

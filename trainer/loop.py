@@ -41,6 +41,7 @@ from trainer.distributed import DistContext, init_distributed, shard_model
 from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
 from trainer.ingest import Batch, KafkaIngest
+from trainer.ingest_process import IngestProcess, ingest_spec
 from trainer.progressive import REDUCE_EVERY_STEPS, ProgressiveMetrics
 from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
@@ -91,8 +92,10 @@ class Prepared:
 
 
 class Trainer:
-    def __init__(self, settings: TrainerSettings) -> None:
+    def __init__(self, settings: TrainerSettings, ingest_child: IngestProcess | None = None) -> None:
         self.settings = settings
+        self.ingest_child = ingest_child
+        """An ingest process spawned before the trainer was built, opened by `run`."""
         if settings.device == "cuda" and not torch.cuda.is_available():
             raise TrainerError("UNIREC_TRAINER_DEVICE=cuda but torch sees no CUDA device; expected auto or cpu here")
         self.ctx: DistContext = init_distributed(prefer_cuda=settings.device != "cpu")
@@ -141,26 +144,10 @@ class Trainer:
             # local rank: every pod (node) serves ranks 0..nproc-1 on the same ports
             self.metrics.serve(s.metrics_port + int(os.environ.get("LOCAL_RANK", self.ctx.rank)))
         with contextlib.ExitStack() as stack:
-            self.ingest = KafkaIngest(
-                bootstrap=s.kafka_bootstrap,
-                topic=s.topic,
-                dlq_topic=s.dlq,
-                featurizer=self.featurizer,
-                rank=self.ctx.rank,
-                world_size=self.ctx.world_size,
-                batch_size=s.batch_size,
-                max_wait_ms=s.max_wait_ms,
-                prefetch_batches=s.prefetch_batches,
-                metrics=self.metrics,
-                start_offsets=resumed.offsets if resumed else None,
-                start_from=s.start_from,
-                prepare=self.prepare,
-                fetch_max_wait_ms=s.fetch_max_wait_ms,
-                max_poll_records=s.max_poll_records,
-            )
+            self.ingest = self._open_ingest(resumed.offsets if resumed else None)
             stack.callback(self.ingest.stop)
             self.offsets = self.ingest.positions()
-            self.n_partitions = len(self.ingest.consumer.partitions_for_topic(s.topic) or ())
+            self.n_partitions = self.ingest.n_partitions
             if s.predictions_log:
                 path = Path(f"{s.predictions_log}.rank{self.ctx.rank}")
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +166,29 @@ class Trainer:
                   train_seconds=round(seconds, 3), events_per_s=round(rate, 1),
                   **self.progressive.snapshot())  # fmt: skip
         return 0
+
+    def _open_ingest(self, start_offsets: dict[int, int] | None) -> KafkaIngest | IngestProcess:
+        """The rank's Kafka ingestion, assigned and seeked: in a child process (the one `train`
+        spawned early, else a new one) or, with `ingest_process` off, in a thread."""
+        s, ctx, m = self.settings, self.ctx, self.metrics
+
+        def on_lag(topic: str, partition: int, lag: int) -> None:
+            m.lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+        def on_dead_letter(reason: str) -> None:
+            m.dlq.labels(reason=reason).inc()
+
+        if s.ingest_process:
+            child, self.ingest_child = self.ingest_child or IngestProcess(ingest_spec(s)), None
+            return child.open(ctx.rank, ctx.world_size, start_offsets, s.start_from, s.prefetch_batches,
+                              self.stage, on_lag, on_dead_letter)  # fmt: skip
+        return KafkaIngest(
+            bootstrap=s.kafka_bootstrap, topic=s.topic, dlq_topic=s.dlq, featurizer=self.featurizer,
+            rank=ctx.rank, world_size=ctx.world_size, batch_size=s.batch_size, max_wait_ms=s.max_wait_ms,
+            prefetch_batches=s.prefetch_batches, on_lag=on_lag, on_dead_letter=on_dead_letter,
+            start_offsets=start_offsets, start_from=s.start_from, prepare=self.prepare,
+            fetch_max_wait_ms=s.fetch_max_wait_ms, max_poll_records=s.max_poll_records,
+        )  # fmt: skip
 
     def _request_stop(self, signum: int, _frame: object) -> None:
         log_event(log, "stop_requested", signal=signal.Signals(signum).name)
@@ -248,7 +258,12 @@ class Trainer:
         routed KJT and rows, and the unpadded batch's copy to the device launched (None: empty batch)."""
         if not len(features):
             return None
-        routed = self.unified.prepare(features.sparse) if self.unified is not None else None
+        return self.stage(features, self.unified.prepare(features.sparse) if self.unified is not None else None)
+
+    def stage(self, features: FeatureBatch, routed: Routed | None) -> Prepared | None:
+        """`prepare` for a batch already hashed and routed (by the ingest process)."""
+        if not len(features):
+            return None
         padded = pad_batch(features, len(features), routed.kjt if routed is not None else None)
         return Prepared(routed, self.h2d.stage(*padded))
 
@@ -364,7 +379,6 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         started = time.monotonic()
-        self.ingest.flush_dead_letters()
         offsets = self._global_offsets()
         events, watermark = self._global_counters()
         meta = CheckpointMeta(
@@ -385,9 +399,15 @@ class Trainer:
 
 
 def train(settings: TrainerSettings) -> int:
+    # the ingest process imports torch and kafka-python while this one builds and shards the model
+    child = IngestProcess(ingest_spec(settings)) if settings.ingest_process else None
+    trainer = None
     try:
-        return Trainer(settings).run()
+        trainer = Trainer(settings, child)
+        return trainer.run()
     finally:
+        if child is not None and (trainer is None or trainer.ingest_child is child):  # never opened
+            child.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
 

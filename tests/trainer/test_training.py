@@ -1,7 +1,8 @@
 """End-to-end trainer runs against the real broker: dead letters, exact resume, export and serving.
 
 The SIGKILL test runs on every device: on CPU in CI, on CUDA (1 rank; 2 ranks where 2 GPUs exist)
-under the `gpu` marker, so the CPU run dry-runs the very code the GPU run takes."""
+under the `gpu` marker, so the CPU run dry-runs the very code the GPU run takes; on CPU also with 2
+ranks whose ingestion runs in child processes (`ingest_process`)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def synthetic_events(n: int, start: int = 0, seed: int = 0) -> list[Event]:
     ]
 
 
-def test_malformed_events_go_to_the_dead_letter_topic(kafka_bootstrap: str, topic_name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ingest_process", [False, True], ids=["ingest-thread", "ingest-process"])
+def test_malformed_events_go_to_the_dead_letter_topic(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, ingest_process: bool
+) -> None:
     create_topic(kafka_bootstrap, topic_name, 2)
     good = synthetic_events(2000)
     bad: list[bytes] = []
@@ -65,7 +69,8 @@ def test_malformed_events_go_to_the_dead_letter_topic(kafka_bootstrap: str, topi
     mixed.extend(bad)
     send(kafka_bootstrap, topic_name, mixed, partitions=2)
 
-    env = trainer_env(tmp_path, kafka_bootstrap, topic_name, predictions_log=tmp_path / "pred")
+    env = trainer_env(tmp_path, kafka_bootstrap, topic_name, predictions_log=tmp_path / "pred",
+                      ingest_process=ingest_process)  # fmt: skip
     run_trainer(env, log=tmp_path / "trainer.log")
 
     trained = {event_id for _, event_id, _, _ in read_predictions(tmp_path / "pred")}
@@ -105,23 +110,24 @@ INT8_BOUND = 1e-2
 """Largest |served int8 probability - fp32 probability| (tests/registry/test_roundtrip.py)."""
 
 DEVICES = [
-    pytest.param("cpu", 1, id="cpu"),
-    pytest.param("cuda", 1, id="cuda-1rank", marks=pytest.mark.gpu),
-    pytest.param("cuda", 2, id="cuda-2ranks", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    pytest.param("cpu", 1, False, id="cpu"),
+    pytest.param("cpu", 2, True, id="cpu-2ranks-ingest-process"),
+    pytest.param("cuda", 1, False, id="cuda-1rank", marks=pytest.mark.gpu),
+    pytest.param("cuda", 2, False, id="cuda-2ranks", marks=[pytest.mark.gpu, pytest.mark.skipif(
         torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")]),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("device", "nproc"), DEVICES)
+@pytest.mark.parametrize(("device", "nproc", "ingest_process"), DEVICES)
 def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
     kafka_bootstrap: str, redis_url: str, topic_name: str, tmp_path: Path, device: str, nproc: int,
-    monkeypatch: pytest.MonkeyPatch,
+    ingest_process: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     create_topic(kafka_bootstrap, topic_name, 2)
     first = synthetic_events(4000)
     send(kafka_bootstrap, topic_name, first, partitions=2)
     env = trainer_env(tmp_path, kafka_bootstrap, topic_name, stop_at_end="false", checkpoint_every_events=1500,
-                      batch_size=32, device=device)  # fmt: skip
+                      batch_size=32, device=device, ingest_process=ingest_process)  # fmt: skip
     proc = start_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run1")}, nproc,
                          log=tmp_path / "run1.log")  # fmt: skip
     try:
