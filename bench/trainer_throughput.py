@@ -147,6 +147,15 @@ def ceiling_rate(bootstrap: str, topic: str, expected: int) -> float:
         consumer.close()
 
 
+def sweep_points(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """(batch size, ingest) of each extra (c) run: every `--kafka-batch` with the ingest thread, and
+    with `--ingest-process` the defaults and every `--kafka-batch` with the ingest process too."""
+    points = [(b, "thread") for b in args.kafka_batch or ()]
+    if args.ingest_process:
+        points += [(b, "process") for b in [defaults()["batch_size"], *(args.kafka_batch or ())]]
+    return points
+
+
 def defaults() -> dict[str, Any]:
     from trainer.settings import TrainerSettings
 
@@ -187,11 +196,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         runs[f"kafka_{ranks}"].append(
                             kafka_rate(kafka.address, redis.address, topic, root / f"k{ranks}-{r}", ranks)
                         )
-                    for b in args.kafka_batch or ():
+                    for b, ingest in sweep_points(args):
                         for ranks in (1, 2):
-                            rate = kafka_rate(kafka.address, redis.address, topic, root / f"s{b}-{ranks}-{r}", ranks, b)
-                            runs["kafka_sweep"].append({"batch_size": b, "ranks": ranks, **rate})
-                            print(f"sweep batch {b}, {ranks} ranks: {rate['events_per_s']:,.0f}/s", flush=True)
+                            home = root / f"s{b}-{ranks}-{ingest}-{r}"
+                            settings = {"ingest_process": "true"} if ingest == "process" else {}
+                            rate = kafka_rate(kafka.address, redis.address, topic, home, ranks, b, settings)
+                            runs["kafka_sweep"].append({"batch_size": b, "ranks": ranks, "ingest": ingest, **rate})
+                            print(f"sweep batch {b}, {ranks} ranks, ingest {ingest}: {rate['events_per_s']:,.0f}/s",
+                                  flush=True)  # fmt: skip
                     print(f"repeat {r}: ceiling {runs['ceiling'][-1]:,.0f}/s, kafka 1 rank "
                           f"{runs['kafka_1'][-1]['events_per_s']:,.0f}/s, 2 ranks "
                           f"{runs['kafka_2'][-1]['events_per_s']:,.0f}/s", flush=True)  # fmt: skip
@@ -278,11 +290,18 @@ def render(data: dict[str, Any]) -> str:
             ]
         sweep = run["runs"].get("kafka_sweep") or []
         if sweep:
-            lines += ["", "Batch-size sweep of (c) (every other setting at its default):", "",
-                      "| batch | ranks | events/s | ÷ (d) |", "|---:|---:|---:|---:|"]  # fmt: skip
-            for x in sorted(sweep, key=lambda x: (x["batch_size"], x["ranks"])):
-                lines.append(f"| {x['batch_size']} | {x['ranks']} | {_f(x['events_per_s'])} | "
-                             f"{x['events_per_s'] / s['ceiling']:.2f} |")  # fmt: skip
+            lines += ["", "Sweep of (c) over the batch size and where ingestion runs (a thread of the rank, or "
+                      "`UNIREC_TRAINER_INGEST_PROCESS`: a child process per rank); every other setting at its "
+                      "default; median over the repeats:", "", "| batch | ranks | ingest | events/s | runs | ÷ (d) |",
+                      "|---:|---:|---|---:|---|---:|"]  # fmt: skip
+            points: dict[tuple[int, int, str], list[float]] = {}
+            for x in sweep:
+                key = (x["batch_size"], x["ranks"], x.get("ingest", "thread"))
+                points.setdefault(key, []).append(x["events_per_s"])
+            for (b, ranks, ingest), rates in sorted(points.items()):
+                rate = statistics.median(rates)
+                lines.append(f"| {b} | {ranks} | {ingest} | {_f(rate)} | {', '.join(_f(x) for x in rates)} | "
+                             f"{rate / s['ceiling']:.2f} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -295,6 +314,8 @@ def main() -> None:
     parser.add_argument("--label", default="after", help="name of this run in the results (e.g. before, after)")
     parser.add_argument("--no-kafka", action="store_true", help="only (a) and (b)")
     parser.add_argument("--kafka-batch", type=int, action="append", help="also run (c) at this batch size (sweep)")
+    parser.add_argument("--ingest-process", action="store_true",
+                        help="also run (c) at the defaults and every --kafka-batch with the ingest process per rank")
     parser.add_argument("--max-load", type=float, default=1.5, help="refuse to run above this load average")
     parser.add_argument("--dry-run", action="store_true", help="print, do not write results")
     args = parser.parse_args()

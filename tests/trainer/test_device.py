@@ -44,7 +44,9 @@ def test_prepare_stages_each_batch_once_in_the_ingest_thread(monkeypatch: pytest
         return staged[-1]
 
     monkeypatch.setattr(HostToDevice, "stage", spy_stage)
-    prepare = Trainer.prepare.__get__(_FakeTrainer())  # the real method, on a trainer without a model
+    fake = _FakeTrainer()
+    fake.stage = Trainer.stage.__get__(fake)  # type: ignore[attr-defined]
+    prepare = Trainer.prepare.__get__(fake)  # the real methods, on a trainer without a model
     featurizer = Featurizer(load_schema("movielens"))
     events = [Event(event_id=str(i), ts=i, label=i % 2, sparse={"user": i, "movie": i % 5}) for i in range(6)]
     out = prepare(featurizer(events))
@@ -54,7 +56,7 @@ def test_prepare_stages_each_batch_once_in_the_ingest_thread(monkeypatch: pytest
 
 
 class _FakeTrainer:
-    """Just what `Trainer.prepare` reads: no unified table, a CPU stager."""
+    """Just what `Trainer.prepare` and `Trainer.stage` read: no unified table, a CPU stager."""
 
     unified = None
     h2d = HostToDevice(torch.device("cpu"))
