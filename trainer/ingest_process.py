@@ -336,43 +336,49 @@ class _PipeIngest(KafkaIngest):
 
 def _child(spec_bytes: bytes, frames: Connection, control: Connection) -> None:
     from core.logs import configure_logging
-    from trainer.lifetime import die_with_parent
+    from trainer.lifetime import die_with_parent, exit_rank
 
     die_with_parent()
     spec = msgspec.msgpack.decode(spec_bytes, type=IngestSpec)
     configure_logging(spec.log_level, json_lines=True)
     torch.set_num_threads(1)
-    ingest: _PipeIngest | None = None
+    code = 0
     try:
-        prepare = _hashing(spec)
-        from embedding.events import Featurizer
-        from embedding.schema import load_schema
-
-        featurizer = Featurizer(load_schema(spec.schema_name))
-        start = _to_child.decode(control.recv_bytes())
-        if isinstance(start, Stop):
-            return
-        ingest = _PipeIngest(
-            frames, bootstrap=spec.bootstrap, topic=spec.topic, dlq_topic=spec.dlq_topic, featurizer=featurizer,
-            rank=start.rank, world_size=start.world_size, batch_size=spec.batch_size,
-            max_wait_ms=spec.max_wait_ms, start_offsets=start.start_offsets, start_from=start.start_from,
-            topic_wait_s=spec.topic_wait_s, prepare=prepare, fetch_max_wait_ms=spec.fetch_max_wait_ms,
-            max_poll_records=spec.max_poll_records or None,
-        )  # fmt: skip
-        ingest._send(Ready(ingest.partitions, ingest.n_partitions, ingest.positions()))
-        threading.Thread(target=ingest.watch, args=(control,), name="ingest-control", daemon=True).start()
-        ingest._loop()
+        _serve(spec, frames, control)
     except (EOFError, BrokenPipeError):
-        return  # the trainer is gone
+        pass  # the trainer is gone
     except BaseException as exc:
         log.exception("ingest process failed")
         with contextlib.suppress(OSError):
             frames.send_bytes(_encoder.encode(Failed(f"{type(exc).__name__}: {exc}")))
-        raise SystemExit(1) from exc
+        code = 1
+    frames.close()
+    exit_rank(code)  # as a rank ends: no interpreter finalization, which only tears torch down for seconds
+
+
+def _serve(spec: IngestSpec, frames: Connection, control: Connection) -> None:
+    """Build, wait for `Start`, assign, report `Ready`, run the loop until `Stop`."""
+    from embedding.events import Featurizer
+    from embedding.schema import load_schema
+
+    prepare = _hashing(spec)
+    featurizer = Featurizer(load_schema(spec.schema_name))
+    start = _to_child.decode(control.recv_bytes())
+    if isinstance(start, Stop):
+        return
+    ingest = _PipeIngest(
+        frames, bootstrap=spec.bootstrap, topic=spec.topic, dlq_topic=spec.dlq_topic, featurizer=featurizer,
+        rank=start.rank, world_size=start.world_size, batch_size=spec.batch_size,
+        max_wait_ms=spec.max_wait_ms, start_offsets=start.start_offsets, start_from=start.start_from,
+        topic_wait_s=spec.topic_wait_s, prepare=prepare, fetch_max_wait_ms=spec.fetch_max_wait_ms,
+        max_poll_records=spec.max_poll_records or None,
+    )  # fmt: skip
+    try:
+        ingest._send(Ready(ingest.partitions, ingest.n_partitions, ingest.positions()))
+        threading.Thread(target=ingest.watch, args=(control,), name="ingest-control", daemon=True).start()
+        ingest._loop()
     finally:
-        if ingest is not None:
-            ingest.close()
-        frames.close()
+        ingest.close()
 
 
 def _hashing(spec: IngestSpec) -> Callable[[FeatureBatch], Routed] | None:

@@ -398,9 +398,9 @@ class Trainer:
         log_event(log, "checkpoint", path=str(path), step=self.step, events=events, seconds=round(took, 3))
 
 
-def train(settings: TrainerSettings) -> int:
-    # the ingest process imports torch and kafka-python while this one builds and shards the model
-    child = IngestProcess(ingest_spec(settings)) if settings.ingest_process else None
+def train(settings: TrainerSettings, child: IngestProcess | None = None) -> int:
+    """Train until stopped; `child`: an ingest process spawned ahead (`trainer.main`), else the
+    trainer makes its ingestion itself."""
     trainer = None
     try:
         trainer = Trainer(settings, child)

@@ -21,9 +21,14 @@ def main() -> int:
     # torchmetrics imports matplotlib where it is installed, and matplotlib writes its font cache under
     # ~/.cache; keep it in the project's home with everything else of ours
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home / "cache" / "matplotlib"))
+    child = None
+    if settings.ingest_process:  # spawned first, so its imports overlap this process's
+        from trainer.ingest_process import IngestProcess, ingest_spec
+
+        child = IngestProcess(ingest_spec(settings))
     from trainer.loop import train
 
-    return train(settings)
+    return train(settings, child)
 
 
 if __name__ == "__main__":
