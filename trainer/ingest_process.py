@@ -201,13 +201,19 @@ class IngestProcess:
         the batch's `prepared`."""
         self.stage, self.on_lag, self.on_dead_letter = stage, on_lag, on_dead_letter
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=prefetch_batches)
-        self._control.send_bytes(_encoder.encode(Start(rank, world_size, start_offsets, start_from)))
+        try:
+            self._control.send_bytes(_encoder.encode(Start(rank, world_size, start_offsets, start_from)))
+        except OSError:
+            raise self._exited_early() from None
         timeout = self.boot_timeout_s + self.spec.topic_wait_s
         if not self._frames.poll(timeout):
             self.stop()
             raise TrainerError(f"ingest process sent nothing in {timeout:.0f}s after start (exit code "
                                f"{self.process.exitcode}); expected it to assign partitions")  # fmt: skip
-        first = self._recv()
+        try:
+            first = self._recv()
+        except EOFError:
+            raise self._exited_early() from None
         if not isinstance(first, Ready):
             self.stop()
             detail = first.error if isinstance(first, Failed) else f"a {type(first).__name__} frame"
@@ -215,6 +221,11 @@ class IngestProcess:
         self.partitions, self.n_partitions, self._positions = first.partitions, first.n_partitions, first.positions
         self._receiver = threading.Thread(target=self._receive, name=f"ingest-receiver-{rank}", daemon=True)
         return self
+
+    def _exited_early(self) -> TrainerError:
+        self.process.join(timeout=5)
+        return TrainerError(f"ingest process exited (code {self.process.exitcode}) before it assigned partitions; "
+                            "its log says why")  # fmt: skip
 
     def positions(self) -> dict[int, int]:
         return dict(self._positions)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import msgspec
 import pytest
 import torch
 
@@ -148,3 +149,18 @@ def test_a_child_never_opened_stops_cleanly(kafka_bootstrap: str, topic_name: st
     child = IngestProcess(_spec(kafka_bootstrap, topic_name))
     child.stop()
     assert not child.process.is_alive() and child.process.exitcode == 0
+
+
+def test_a_child_killed_before_it_is_ready_fails_the_open(kafka_bootstrap: str, topic_name: str) -> None:
+    child = IngestProcess(_spec(kafka_bootstrap, topic_name))
+    assert child.process.pid is not None
+    os.kill(child.process.pid, signal.SIGKILL)
+    with pytest.raises(TrainerError, match=r"exited \(code -9\) before it assigned partitions"):
+        child.open(0, 1, None, "earliest", 4, lambda f, r: r, lambda *_: None, lambda _r: None)
+
+
+def test_a_bad_schema_is_reported_by_the_open(kafka_bootstrap: str, topic_name: str) -> None:
+    spec = msgspec.structs.replace(_spec(kafka_bootstrap, topic_name), schema_name="no-such-schema")
+    child = IngestProcess(spec)
+    with pytest.raises(TrainerError, match="ingest process failed to start: .*no-such-schema"):
+        child.open(0, 1, None, "earliest", 4, lambda f, r: r, lambda *_: None, lambda _r: None)
