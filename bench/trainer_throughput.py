@@ -153,7 +153,7 @@ def sweep_points(args: argparse.Namespace) -> list[tuple[int, str]]:
     points = [(b, "thread") for b in args.kafka_batch or ()]
     if args.ingest_process:
         points += [(b, "process") for b in [defaults()["batch_size"], *(args.kafka_batch or ())]]
-    return points
+    return list(dict.fromkeys(points))
 
 
 def defaults() -> dict[str, Any]:

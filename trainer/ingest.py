@@ -38,6 +38,9 @@ from trainer.errors import TrainerError
 
 log = get_logger("trainer.ingest")
 
+_DLQ_FLUSH_S = 10.0
+"""How long handing over a batch waits for the dead letters before it; a timeout fails the ingest."""
+
 
 @dataclass
 class Batch:
@@ -91,7 +94,8 @@ class KafkaIngest:
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=prefetch_batches)
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._unflushed = False
+        self._unflushed: list[tuple[Any, int, int]] = []
+        """(send future, source partition, source offset) of the dead letters since the last flush."""
         self.drained = threading.Event()
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -138,7 +142,7 @@ class KafkaIngest:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=_DLQ_FLUSH_S + 5)
         self.close()
 
     def close(self) -> None:
@@ -237,8 +241,8 @@ class KafkaIngest:
             ("source_partition", str(record.partition).encode()),
             ("source_offset", str(record.offset).encode()),
         ]
-        self.producer.send(self.dlq_topic, value=record.value, key=record.key, headers=headers)
-        self._unflushed = True
+        future = self.producer.send(self.dlq_topic, value=record.value, key=record.key, headers=headers)
+        self._unflushed.append((future, record.partition, record.offset))
         self.on_dead_letter(reason)
         log_event(
             log, "dead_letter", reason=reason, detail=detail[:200], partition=record.partition, offset=record.offset
@@ -261,9 +265,19 @@ class KafkaIngest:
             prepared=self.prepare(features) if self.prepare is not None else None,
         )
         if self._unflushed:  # the batch's offsets cover these dead letters: durable first
-            self.producer.flush(timeout=30)
-            self._unflushed = False
+            self._flush_dead_letters()
         self._deliver(batch)
+
+    def _flush_dead_letters(self) -> None:
+        """Wait for the dead letters sent since the last flush; raise if any was not written, so no
+        offset moves past it (the thread fails, the trainer stops without checkpointing past it)."""
+        self.producer.flush(timeout=_DLQ_FLUSH_S)
+        failed = [(p, o, f.exception) for f, p, o in self._unflushed if f.failed()]
+        self._unflushed = []
+        if failed:
+            p, o, exc = failed[0]
+            raise TrainerError(f"{len(failed)} dead letter(s) not written to {self.dlq_topic!r} (first: partition "
+                               f"{p} offset {o}: {exc!r}); expected the broker to take them")  # fmt: skip
 
     def _deliver(self, batch: Batch) -> None:
         """Hand a batch to the training loop (waits while the prefetch queue is full)."""

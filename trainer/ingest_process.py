@@ -21,9 +21,12 @@ and `DeadLetterFrame` as they happen; `Failed` if the loop raises. Frames are pr
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import queue
+import signal
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -195,37 +198,39 @@ class IngestProcess:
         on_lag: LagReport,
         on_dead_letter: DeadLetterReport,
     ) -> IngestProcess:
-        """Assign and seek in the child; returns once it is ready (or raises what it failed with).
+        """Assign and seek in the child; returns once it is ready, else stops it and raises why.
 
         `stage(features, routed)` runs in the receiver thread for every batch: what it returns is
         the batch's `prepared`."""
         self.stage, self.on_lag, self.on_dead_letter = stage, on_lag, on_dead_letter
         self.queue: queue.Queue[Batch] = queue.Queue(maxsize=prefetch_batches)
         try:
-            self._control.send_bytes(_encoder.encode(Start(rank, world_size, start_offsets, start_from)))
-        except OSError:
-            raise self._exited_early() from None
-        timeout = self.boot_timeout_s + self.spec.topic_wait_s
-        if not self._frames.poll(timeout):
+            ready = self._handshake(Start(rank, world_size, start_offsets, start_from))
+        except BaseException:
             self.stop()
-            raise TrainerError(f"ingest process sent nothing in {timeout:.0f}s after start (exit code "
-                               f"{self.process.exitcode}); expected it to assign partitions")  # fmt: skip
-        try:
-            first = self._recv()
-        except EOFError:
-            raise self._exited_early() from None
-        if not isinstance(first, Ready):
-            self.stop()
-            detail = first.error if isinstance(first, Failed) else f"a {type(first).__name__} frame"
-            raise TrainerError(f"ingest process failed to start: {detail}")
-        self.partitions, self.n_partitions, self._positions = first.partitions, first.n_partitions, first.positions
+            raise
+        self.partitions, self.n_partitions, self._positions = ready.partitions, ready.n_partitions, ready.positions
+        log_event(log, "ingest_process_ready", pid=self.process.pid, rank=rank, partitions=ready.partitions)
         self._receiver = threading.Thread(target=self._receive, name=f"ingest-receiver-{rank}", daemon=True)
         return self
 
-    def _exited_early(self) -> TrainerError:
-        self.process.join(timeout=5)
-        return TrainerError(f"ingest process exited (code {self.process.exitcode}) before it assigned partitions; "
-                            "its log says why")  # fmt: skip
+    def _handshake(self, start: Start) -> Ready:
+        try:
+            self._control.send_bytes(_encoder.encode(start))
+            timeout = self.boot_timeout_s + self.spec.topic_wait_s
+            if not self._frames.poll(timeout):
+                raise TrainerError(f"ingest process sent nothing in {timeout:.0f}s after start; expected it to "
+                                   "assign partitions")  # fmt: skip
+            first = self._recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            raise TrainerError(f"ingest process exited (code {self.process.exitcode}) before it assigned "
+                               "partitions; its log says why") from None  # fmt: skip
+        if isinstance(first, Failed):
+            raise TrainerError(f"ingest process failed to start: {first.error}")
+        if not isinstance(first, Ready):
+            raise TrainerError(f"ingest process sent a {type(first).__name__} frame first; expected Ready")
+        return first
 
     def positions(self) -> dict[int, int]:
         return dict(self._positions)
@@ -235,37 +240,47 @@ class IngestProcess:
         self._receiver.start()
 
     def get(self, timeout: float) -> Batch | None:
-        if self._error is not None:
-            raise TrainerError(f"ingest process failed: {self._error}") from self._error
+        error = self._error
+        if isinstance(error, TrainerError):
+            raise error
+        if error is not None:
+            raise TrainerError(f"ingest receiver failed: {error!r}") from error
         try:
             return self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
 
     def stop(self) -> None:
-        """Ask the child to stop (it flushes its dead letters and closes its clients), drain what it
-        still sends, and wait for it; kill it after 15 s."""
+        """Ask the child to stop (it flushes its dead letters and closes its clients), read what it
+        still sends so it is never blocked sending, wait for it; kill it after 15 s. Idempotent."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         with contextlib.suppress(OSError):  # the child may be gone already
             self._control.send_bytes(_encoder.encode(Stop()))
-        if self._receiver is None or not self._receiver.is_alive():
-            self._drain()
-        self.process.join(timeout=15)
+        deadline = time.monotonic() + 15
+        while self.process.is_alive() and time.monotonic() < deadline:
+            if self._receiver is None or not self._receiver.is_alive():
+                self._drain(0.2)
+            self.process.join(timeout=0.2)
         if self.process.is_alive():
-            log_event(log, "ingest_process_killed", pid=self.process.pid)
+            log_event(log, "ingest_process_killed", logging.WARNING, pid=self.process.pid)
             self.process.kill()
             self.process.join(timeout=5)
         if self._receiver is not None and self._receiver.is_alive():
             self._receiver.join(timeout=5)
         self._control.close()
+        self._frames.close()
 
     # -- the receiver thread ------------------------------------------------------------------
     def _recv(self) -> Any:
         return _to_trainer.decode(self._frames.recv_bytes())
 
-    def _drain(self) -> None:
+    def _drain(self, seconds: float) -> None:
+        """Read and drop frames for up to `seconds` (or until the child's end closes)."""
+        deadline = time.monotonic() + seconds
         try:
-            while self._frames.poll(15):
+            while (left := deadline - time.monotonic()) > 0 and self._frames.poll(left):
                 self._frames.recv_bytes()
         except (EOFError, OSError):
             pass
@@ -276,8 +291,10 @@ class IngestProcess:
                 try:
                     frame = self._recv()
                 except EOFError:
-                    if not self._stopping.is_set():
-                        self._error = TrainerError(f"ingest process exited (code {self.process.exitcode})")
+                    if self._error is None and not self._stopping.is_set():  # a Failed frame said why already
+                        self.process.join(timeout=5)
+                        self._error = TrainerError(f"ingest process exited (code {self.process.exitcode}); "
+                                                   "expected it to run until the trainer stops it")  # fmt: skip
                     return
                 if self._stopping.is_set():
                     continue  # drain so the child is never blocked sending
@@ -307,7 +324,9 @@ class IngestProcess:
         elif isinstance(frame, DeadLetterFrame):
             self.on_dead_letter(frame.reason)
         elif isinstance(frame, Failed):
-            self._error = TrainerError(frame.error)
+            self._error = TrainerError(f"ingest process failed: {frame.error}")
+        else:
+            raise TrainerError(f"unexpected {type(frame).__name__} frame after Ready")
 
 
 # -- the child --------------------------------------------------------------------------------
@@ -317,6 +336,7 @@ class _PipeIngest(KafkaIngest):
     def __init__(self, frames: Connection, **kwargs: Any) -> None:
         self._frames = frames
         self._lags: dict[int, int] = {}
+        # the base's queue and thread go unused: the child's main thread runs `_loop`, `_deliver` sends
         super().__init__(on_lag=self._lag, on_dead_letter=self._dead, prefetch_batches=1, **kwargs)
 
     def _send(self, frame: msgspec.Struct) -> None:
@@ -350,6 +370,10 @@ def _child(spec_bytes: bytes, frames: Connection, control: Connection) -> None:
     from trainer.lifetime import die_with_parent, exit_rank
 
     die_with_parent()
+    # the rank's process group gets Ctrl-C and `unirec down`'s SIGTERM: the rank stops, then stops
+    # this child (Stop, or its end of the pipe closing); a rank that dies takes it along (PDEATHSIG)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     spec = msgspec.msgpack.decode(spec_bytes, type=IngestSpec)
     configure_logging(spec.log_level, json_lines=True)
     torch.set_num_threads(1)
@@ -382,7 +406,7 @@ def _serve(spec: IngestSpec, frames: Connection, control: Connection) -> None:
         rank=start.rank, world_size=start.world_size, batch_size=spec.batch_size,
         max_wait_ms=spec.max_wait_ms, start_offsets=start.start_offsets, start_from=start.start_from,
         topic_wait_s=spec.topic_wait_s, prepare=prepare, fetch_max_wait_ms=spec.fetch_max_wait_ms,
-        max_poll_records=spec.max_poll_records or None,
+        max_poll_records=spec.max_poll_records,
     )  # fmt: skip
     try:
         ingest._send(Ready(ingest.partitions, ingest.n_partitions, ingest.positions()))

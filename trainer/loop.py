@@ -10,7 +10,8 @@ without data still takes part in the collective step without changing the model 
 padding at all).
 
 The unified table's hashing and routing (`UnifiedEmbedding.prepare`) run once per batch, in the
-ingest thread; the training thread gets the routed batch and the rows it touches.
+ingest thread (or the ingest process); the training thread gets the routed batch and the rows it
+touches.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def pad_batch(
 
 @dataclass(frozen=True)
 class Prepared:
-    """What the ingest thread makes of a batch for the step: the unified table's routing (None for
-    other methods: the model hashes the fingerprints itself) and the batch staged on the device."""
+    """What ingestion makes of a batch for the step (the ingest thread, or the ingest process and the
+    receiver thread): the unified table's routing (None for other methods: the model hashes the
+    fingerprints itself) and the batch staged on the device."""
 
     routed: Routed | None
     staged: DeviceBatch
@@ -168,7 +170,7 @@ class Trainer:
         return 0
 
     def _open_ingest(self, start_offsets: dict[int, int] | None) -> KafkaIngest | IngestProcess:
-        """The rank's Kafka ingestion, assigned and seeked: in a child process (the one `train`
+        """The rank's Kafka ingestion, assigned and seeked: in a child process (the one `trainer.main`
         spawned early, else a new one) or, with `ingest_process` off, in a thread."""
         s, ctx, m = self.settings, self.ctx, self.metrics
 

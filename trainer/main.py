@@ -22,7 +22,7 @@ def main() -> int:
     # ~/.cache; keep it in the project's home with everything else of ours
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home / "cache" / "matplotlib"))
     child = None
-    if settings.ingest_process:  # spawned first, so its imports overlap this process's
+    if settings.ingest_process:  # spawned before the trainer is built: its start-up overlaps that
         from trainer.ingest_process import IngestProcess, ingest_spec
 
         child = IngestProcess(ingest_spec(settings))

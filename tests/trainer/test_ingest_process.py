@@ -16,6 +16,9 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import torch
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
 
 from embedding.events import FeatureBatch, Featurizer
 from embedding.methods.unified import Routed
@@ -138,7 +141,7 @@ def test_a_child_that_dies_is_an_error_of_the_loop(kafka_bootstrap: str, topic_n
         assert child.process.pid is not None
         os.kill(child.process.pid, signal.SIGKILL)
         deadline = time.monotonic() + 20
-        with pytest.raises(TrainerError, match="ingest process exited"):  # noqa: PT012 - polls until it raises
+        with pytest.raises(TrainerError, match=r"ingest process exited \(code -9\)"):  # noqa: PT012 - polls until it raises
             while time.monotonic() < deadline:
                 ingest.get(timeout=0.1)
     finally:
@@ -164,3 +167,58 @@ def test_a_bad_schema_is_reported_by_the_open(kafka_bootstrap: str, topic_name: 
     child = IngestProcess(spec)
     with pytest.raises(TrainerError, match="ingest process failed to start: .*no-such-schema"):
         child.open(0, 1, None, "earliest", 4, lambda f, r: r, lambda *_: None, lambda _r: None)
+
+
+class _RecordingProducer:
+    """Stands in for the dead-letter producer of a real `KafkaIngest` to see the order of events."""
+
+    def __init__(self, log: list[str], fail: bool) -> None:
+        self.log, self.fail = log, fail
+
+    def send(self, topic: str, **_: object) -> FutureRecordMetadata:
+        self.log.append("send")
+        future = FutureRecordMetadata(FutureProduceResult(TopicPartition(topic, 0)), 0, 0, None, 0, 0, 0)
+        if self.fail:
+            future.failure(KafkaTimeoutError("broker gone"))
+        else:
+            future.success(None)
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.log.append("flush")
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["written", "not-written"])
+def test_dead_letters_are_durable_before_the_batch_after_them(kafka_bootstrap: str, topic_name: str,
+                                                              fail: bool) -> None:  # fmt: skip
+    """A batch whose offsets cover a dead letter is handed over only once that dead letter is written;
+    one the broker did not take fails the ingest, so no checkpoint moves past it."""
+    create_topic(kafka_bootstrap, topic_name, 1)
+    send(kafka_bootstrap, topic_name, [b"{not json", *synthetic_events(BATCH)], partitions=1)
+    order: list[str] = []
+    ingest = KafkaIngest(
+        kafka_bootstrap, topic_name, f"{topic_name}.dlq", Featurizer(load_schema("movielens")), rank=0,
+        world_size=1, batch_size=BATCH, max_wait_ms=100, prefetch_batches=4, on_lag=lambda *_: None,
+        on_dead_letter=lambda _r: None, start_offsets=None,
+    )  # fmt: skip
+    ingest.producer.close()
+    ingest.producer = _RecordingProducer(order, fail)  # type: ignore[assignment]
+    deliver = ingest._deliver
+    ingest._deliver = lambda batch: (order.append("deliver"), deliver(batch))  # type: ignore[method-assign]
+    ingest.start()
+    try:
+        if fail:
+            with pytest.raises(TrainerError, match=r"1 dead letter\(s\) not written .*partition 0 offset 0"):  # noqa: PT012
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    ingest.get(timeout=0.2)
+            assert "deliver" not in order
+        else:
+            batch = ingest.get(timeout=30)
+            assert batch is not None and len(batch) == BATCH and batch.offsets == {0: BATCH + 1}
+            assert order[:3] == ["send", "flush", "deliver"]
+    finally:
+        ingest.stop()

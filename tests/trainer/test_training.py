@@ -72,6 +72,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(
     env = trainer_env(tmp_path, kafka_bootstrap, topic_name, predictions_log=tmp_path / "pred",
                       ingest_process=ingest_process)  # fmt: skip
     run_trainer(env, log=tmp_path / "trainer.log")
+    assert ('"ingest_process_ready"' in (tmp_path / "trainer.log").read_text()) == ingest_process
 
     trained = {event_id for _, event_id, _, _ in read_predictions(tmp_path / "pred")}
     assert trained == {e.event_id for e in good}
@@ -113,6 +114,7 @@ DEVICES = [
     pytest.param("cpu", 1, False, id="cpu"),
     pytest.param("cpu", 2, True, id="cpu-2ranks-ingest-process"),
     pytest.param("cuda", 1, False, id="cuda-1rank", marks=pytest.mark.gpu),
+    pytest.param("cuda", 1, True, id="cuda-1rank-ingest-process", marks=pytest.mark.gpu),
     pytest.param("cuda", 2, False, id="cuda-2ranks", marks=[pytest.mark.gpu, pytest.mark.skipif(
         torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")]),
 ]  # fmt: skip
@@ -145,6 +147,7 @@ def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     checkpoint = read_meta(latest_checkpoint(tmp_path / "checkpoints"))  # type: ignore[arg-type]
+    assert ((tmp_path / "run1.log").read_text().count('"ingest_process_ready"') == nproc) == ingest_process
 
     run_trainer(env | {"UNIREC_TRAINER_PREDICTIONS_LOG": str(tmp_path / "run2"), "UNIREC_TRAINER_STOP_AT_END": "true"},
                 nproc, log=tmp_path / "run2.log")  # fmt: skip
