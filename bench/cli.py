@@ -42,11 +42,22 @@ CORE_METHODS = (
 """One variant per family and its multiplexed twin (CRT, PQ, path-based QR and per-feature HashedNet left out)."""
 
 
+def method_set(methods: str, tune: bool) -> tuple[str, ...]:
+    """The labels of `--methods` when no `--method` is given: `all` is every variant and, with `--tune`, the
+    labels only the tuned grid knows (`bench.quality.TUNED_ONLY`: multi-size unified); `core` is
+    CORE_METHODS."""
+    if methods == "core":
+        return CORE_METHODS
+    return (*FULL_METHODS, *q.TUNED_ONLY) if tune else FULL_METHODS
+
+
 @bench_app.command("quality")
 def quality_command(
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Datasets (default: all three; fast: movielens)."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Budget variants (default: --methods set)."),
-    methods: str = typer.Option("all", help="Default set when no --method: all (every variant) or core."),
+    methods: str = typer.Option(
+        "all", help="Default set when no --method: all (every variant; --tune adds unified_multisize) or core."
+    ),
     fast: bool = typer.Option(False, help="CI mode: 20k MovieLens events, 2 budgets, 1 seed, 3 methods."),
     budgets: int = typer.Option(4, min=1, help="Budgets per dataset, log-spaced between --low and --high."),
     low: float = typer.Option(0.01, help="Smallest budget, as a share of the collisionless tables."),
@@ -84,7 +95,7 @@ def quality_command(
         if methods not in ("all", "core"):
             raise typer.BadParameter(f"expected all or core; got {methods!r}", param_hint="--methods")
         extra = q.TUNED_ONLY if tune else ()
-        labels = q.check_variants(method or (FULL_METHODS if methods == "all" else CORE_METHODS), extra)
+        labels = q.check_variants(method or method_set(methods, tune), extra)
     bad = [d for d in datasets if d not in q.DATASETS]
     if bad:
         raise typer.BadParameter(f"unknown datasets {bad}; known: {list(q.DATASETS)}", param_hint="--dataset")

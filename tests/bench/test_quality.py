@@ -174,3 +174,29 @@ def test_merge_keeps_the_methods_not_rerun_and_refuses_another_split() -> None:
         q.merge_tuned({**old, "split": {"name": "other"}}, new)
     with pytest.raises(ValueError, match="seeds"):
         q.merge_tuned(old, {**new, "runs": new["runs"][:1]})
+
+
+def test_all_methods_with_tune_include_the_tuned_only_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from bench import cli
+
+    assert cli.method_set("all", tune=True) == (*cli.FULL_METHODS, "unified_multisize")
+    assert "unified_multisize" not in cli.method_set("all", tune=False)  # run_grid has no multi-size config
+    assert cli.method_set("core", tune=True) == cli.CORE_METHODS
+
+    class Stop(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def run_tuned(split: object, labels: list[str], *args: object, **kwargs: object) -> None:
+        seen.extend(labels)
+        raise Stop
+
+    split = types.SimpleNamespace(schema=types.SimpleNamespace(embedding_dim=16))
+    monkeypatch.setattr(q, "load_split", lambda *a, **k: split)
+    monkeypatch.setattr(q, "run_tuned", run_tuned)
+    result = CliRunner().invoke(bench_app, ["quality", "--tune", "-d", "criteo", "--share", "0.05"])
+    assert isinstance(result.exception, Stop), result.output
+    assert seen == [*cli.FULL_METHODS, "unified_multisize"]
