@@ -53,7 +53,11 @@ def method_set(methods: str, tune: bool) -> tuple[str, ...]:
 
 @bench_app.command("quality")
 def quality_command(
-    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Datasets (default: all three; fast: movielens)."),
+    dataset: list[str] = typer.Option(
+        None, "--dataset", "-d",
+        help="Datasets: movielens, frappe, criteo, or a feature YAML with a source: section (default: the three; "
+             "fast: movielens).",
+    ),  # fmt: skip
     method: list[str] = typer.Option(None, "--method", "-m", help="Budget variants (default: --methods set)."),
     methods: str = typer.Option(
         "all", help="Default set when no --method: all (every variant; --tune adds unified_multisize) or core."
@@ -96,22 +100,24 @@ def quality_command(
             raise typer.BadParameter(f"expected all or core; got {methods!r}", param_hint="--methods")
         extra = q.TUNED_ONLY if tune else ()
         labels = q.check_variants(method or method_set(methods, tune), extra)
-    bad = [d for d in datasets if d not in q.DATASETS]
+    bad = [d for d in datasets if not q.is_dataset(d)]
     if bad:
-        raise typer.BadParameter(f"unknown datasets {bad}; known: {list(q.DATASETS)}", param_hint="--dataset")
+        raise typer.BadParameter(f"unknown datasets {bad}; expected one of {list(q.DATASETS)} or the path of a "
+                                 "feature YAML with a source: section", param_hint="--dataset")  # fmt: skip
     spec = q.TrainSpec(batch_size=batch_size, epochs=epochs, sparse_lr=sparse_lr, dense_lr=dense_lr)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "quality_fast_" if fast else "quality_"
     shares = sorted(share) if share else q.budget_shares(budgets, low, high)
     seed_list = list(range(seeds))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    for name in datasets:
+    for ref in datasets:
+        name = q.dataset_label(ref)
         with Progress(*columns, console=console) as progress:
             if mlet_sweep:
                 factors = [0, 1, 2, 4, 8]
                 task = progress.add_task(f"{name} MLET", total=len(mlet_dims) * len(seed_list) * len(factors))
                 results = q.mlet_sweep(
-                    name,
+                    ref,
                     mlet_dims,
                     factors,
                     mlet_row_share,
@@ -132,7 +138,7 @@ def quality_command(
                     data = read_results(name_e, out)
                 else:
                     split = q.load_split(
-                        name, limit=limit, batch_size=batch_size, data_dir=data_dir, val_share=val_share
+                        ref, limit=limit, batch_size=batch_size, data_dir=data_dir, val_share=val_share
                     )
                     d = split.schema.embedding_dim
                     points = sum(len(q.grid_points(lb, d)) for lb in labels if lb != q.BASELINE)
@@ -153,7 +159,7 @@ def quality_command(
                 write_results(f"{prefix}{name}", data, q.render, out)
                 q.pareto_plot(data, out / f"{prefix}{name}.png")
                 continue
-            split = q.load_split(name, limit=limit, batch_size=batch_size, data_dir=data_dir)
+            split = q.load_split(ref, limit=limit, batch_size=batch_size, data_dir=data_dir)
             per_seed = (len(labels) - (q.BASELINE in labels)) * len(shares) + (q.BASELINE in labels)
             task = progress.add_task(name, total=per_seed * len(seed_list))
             results: list[q.RunResult] = []

@@ -118,7 +118,8 @@ def load_split(
     embedding_dim: int | None = None,
     val_share: float = 0.0,
 ) -> Split:
-    """Events of a shipped dataset in time order, featurized in batches and split train/test.
+    """Events of a dataset in time order, featurized in batches and split train/test. `name`: a
+    shipped dataset (`DATASETS`) or the path of a feature YAML whose `source:` section names its files.
 
     With `val_share` > 0 the last `val_share` of the training period becomes the validation split:
     the model never trains on it and the vocabulary comes from the rest."""
@@ -127,7 +128,7 @@ def load_split(
     schema = load_schema(name)
     if embedding_dim is not None:
         schema = schema.model_copy(update={"embedding_dim": embedding_dim})
-    events: list[Event] = list(iter_events(schema, limit=limit, data_dir=data_dir))
+    events: list[Event] = list(iter_events(name, limit=limit, data_dir=data_dir))
     if len(events) < 100:
         raise ValueError(f"dataset {name!r} gave {len(events)} events; need at least 100 for a train/test split")
     cut = int(len(events) * train_share)
@@ -144,7 +145,21 @@ def load_split(
             seen[n].append(bag.values().numpy())
     vocab = {n: np.unique(np.concatenate(v)) if v else np.empty(0, np.int64) for n, v in seen.items()}
     labels = np.array([e.label for e in events], dtype=np.float64)
-    return Split(name, schema, train, test, vocab, fit_end, len(events) - cut, float(labels.mean()), val, cut - fit_end)
+    return Split(dataset_label(name), schema, train, test, vocab, fit_end, len(events) - cut, float(labels.mean()),
+                 val, cut - fit_end)  # fmt: skip
+
+
+def is_dataset(ref: str) -> bool:
+    """A shipped dataset, or an existing feature YAML with a `source:` section."""
+    if ref in DATASETS:
+        return True
+    path = Path(ref)
+    return path.suffix in (".yaml", ".yml") and path.is_file() and load_schema(path).source is not None
+
+
+def dataset_label(ref: str) -> str:
+    """What results are filed under: a shipped dataset's name, else the `name` of its YAML schema."""
+    return ref if ref in DATASETS else load_schema(ref).name
 
 
 def budget_shares(n: int, low: float = 0.01, high: float = 0.5) -> list[float]:

@@ -200,3 +200,32 @@ def test_all_methods_with_tune_include_the_tuned_only_labels(monkeypatch: pytest
     result = CliRunner().invoke(bench_app, ["quality", "--tune", "-d", "criteo", "--share", "0.05"])
     assert isinstance(result.exception, Stop), result.output
     assert seen == [*cli.FULL_METHODS, "unified_multisize"]
+
+
+def test_any_dataset_described_by_a_feature_yaml_runs(tmp_path: Path) -> None:
+    """`-d PATH.yaml`: the YAML's `source:` names the file (here libFM next to it); results are filed
+    under the schema's name. A path that is not such a YAML is refused with what is expected."""
+    rng = np.random.default_rng(0)
+    users, apps = rng.integers(0, 40, 4000), rng.integers(0, 25, 4000)
+    clicks = rng.random(4000) < np.where(apps % 2 == 0, 0.9, 0.1)
+    (tmp_path / "d.libfm").write_text(
+        "".join(f"{1 if c else -1} {u}:1 {100 + a}:1\n" for u, a, c in zip(users, apps, clicks, strict=True))
+    )
+    schema = {
+        "name": "toyfm",
+        "sparse": [{"name": "user", "dtype": "int"}, {"name": "app", "dtype": "int"}],
+        "source": {"path": "d.libfm", "format": "libfm", "columns": ["y", "user", "app"],
+                   "label": {"column": "y", "rule": "> 0"}, "event_id": "toy-{row}"},
+    }  # fmt: skip
+    (tmp_path / "toy.yaml").write_text(json.dumps(schema))  # JSON is YAML
+    out = tmp_path / "out"
+    args = ["quality", "--fast", "-m", "unified", "-m", "hashing_trick", "--out", str(out), "--threads", "1"]
+    result = CliRunner().invoke(bench_app, [*args, "-d", str(tmp_path / "toy.yaml")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "quality_fast_toyfm.json").read_text())
+    assert doc["split"]["name"] == "toyfm" and doc["split"]["n_train"] == 3200
+    assert {r["label"] for r in doc["runs"]} == {"unified", "hashing_trick"}
+    assert max(r["auc"] for r in doc["runs"] if r["label"] == "unified") > 0.65  # the app effect is learned
+    (tmp_path / "plain.yaml").write_text(json.dumps({k: v for k, v in schema.items() if k != "source"}))
+    refused = CliRunner().invoke(bench_app, [*args, "-d", str(tmp_path / "plain.yaml")], env={"COLUMNS": "300"})
+    assert refused.exit_code == 2 and "plain.yaml" in refused.output and "source: section" in refused.output
