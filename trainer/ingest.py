@@ -62,6 +62,16 @@ DeadLetterReport = Callable[[str], None]
 """The reason of one dead-lettered record."""
 
 
+def put_unless_stopped(into: queue.Queue[Batch], batch: Batch, stop: threading.Event) -> None:
+    """Put `batch` into the bounded queue, waiting while it is full, unless `stop` is set meanwhile."""
+    while not stop.is_set():
+        try:
+            into.put(batch, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
 class KafkaIngest:
     def __init__(
         self,
@@ -281,12 +291,7 @@ class KafkaIngest:
 
     def _deliver(self, batch: Batch) -> None:
         """Hand a batch to the training loop (waits while the prefetch queue is full)."""
-        while not self._stop.is_set():
-            try:
-                self.queue.put(batch, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        put_unless_stopped(self.queue, batch, self._stop)
 
     def _drop_unfeaturizable(self, pending: list[tuple[Event, ConsumerRecord]]) -> list[Event]:
         """Slow path after a batch failed to featurize: find the culprits one by one."""

@@ -40,7 +40,7 @@ from core.logs import get_logger, log_event
 from embedding.events import FeatureBatch
 from embedding.methods.unified import Routed
 from trainer.errors import TrainerError
-from trainer.ingest import Batch, DeadLetterReport, KafkaIngest, LagReport
+from trainer.ingest import Batch, DeadLetterReport, KafkaIngest, LagReport, put_unless_stopped
 from trainer.settings import TrainerSettings
 
 log = get_logger("trainer.ingest")
@@ -308,12 +308,7 @@ class IngestProcess:
             self.drained.clear()
             features, routed = frame.features(), frame.routing()
             batch = Batch(features, frame.event_ids, frame.max_ts_ms, frame.offsets, self.stage(features, routed))
-            while not self._stopping.is_set():
-                try:
-                    self.queue.put(batch, timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
+            put_unless_stopped(self.queue, batch, self._stopping)
         elif isinstance(frame, LagFrame):
             for partition, lag in frame.lags.items():
                 self.on_lag(self.spec.topic, partition, lag)
