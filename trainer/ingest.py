@@ -20,6 +20,7 @@ next batch is handed over, so no checkpoint can move offsets past a dead letter 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -107,6 +108,7 @@ class KafkaIngest:
         self._unflushed: list[tuple[Any, int, int]] = []
         """(send future, source partition, source offset) of the dead letters since the last flush."""
         self.drained = threading.Event()
+        self._bootstrap = bootstrap
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
@@ -122,9 +124,10 @@ class KafkaIngest:
         self._tps = [TopicPartition(topic, p) for p in self.partitions]
         self.consumer.assign(self._tps)
         self._position: dict[int, int] = {}
+        resume = self._in_range(start_offsets or {}, start_from)
         for tp in self._tps:
-            if start_offsets and tp.partition in start_offsets:
-                self.consumer.seek(tp, start_offsets[tp.partition])
+            if tp.partition in resume:
+                self.consumer.seek(tp, resume[tp.partition])
             elif start_from == "latest":
                 self.consumer.seek_to_end(tp)
             else:
@@ -132,6 +135,45 @@ class KafkaIngest:
             self._position[tp.partition] = self.consumer.position(tp)
         log_event(log, "assigned", topic=topic, partitions=self.partitions, positions=self._position)
         self._thread = threading.Thread(target=self._run, name=f"ingest-{rank}", daemon=True)
+
+    def _in_range(self, start_offsets: dict[int, int], start_from: str) -> dict[int, int]:
+        """The checkpoint's offsets that the topic still holds. One outside [beginning, end] means the
+        topic was recreated (e.g. an in-memory broker restarted) or retention deleted what follows the
+        checkpoint: the partition starts at `start_from` instead, as Kafka's `auto.offset.reset` would,
+        rather than waiting for an offset the topic may reach only much later (then skipping up to it)."""
+        tps = [tp for tp in self._tps if tp.partition in start_offsets]
+        if not tps:
+            return {}
+        begins, ends = self.consumer.beginning_offsets(tps), self.consumer.end_offsets(tps)
+        kept = {}
+        for tp in tps:
+            offset, end = start_offsets[tp.partition], ends[tp]
+            if offset > end:  # some brokers report the last batch's base offset + 1: read to the true end
+                end = self._read_end(tp, end)
+            if begins[tp] <= offset <= end:
+                kept[tp.partition] = offset
+            else:
+                log_event(log, "checkpoint_offset_out_of_range", logging.WARNING, topic=tp.topic,
+                          partition=tp.partition, offset=offset, beginning=begins[tp], end=end,
+                          start_from=start_from)  # fmt: skip
+        return kept
+
+    def _read_end(self, tp: TopicPartition, reported: int) -> int:
+        """The next offset after the last record of `tp`, read from `reported` on (a separate consumer:
+        nothing read here reaches the batches)."""
+        probe = KafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+        try:
+            probe.assign([tp])
+            probe.seek(tp, max(reported - 1, 0))
+            end, deadline = reported, time.monotonic() + 10
+            while time.monotonic() < deadline:
+                records = probe.poll(timeout_ms=300).get(tp, [])
+                if not records:
+                    return end
+                end = max(end, records[-1].offset + 1)
+            return end
+        finally:
+            probe.close()
 
     def _wait_for_partitions(self, timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s

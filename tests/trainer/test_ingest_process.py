@@ -222,3 +222,29 @@ def test_dead_letters_are_durable_before_the_batch_after_them(kafka_bootstrap: s
             assert order[:3] == ["send", "flush", "deliver"]
     finally:
         ingest.stop()
+
+
+@pytest.mark.parametrize("start_from", ["earliest", "latest"])
+def test_a_checkpoint_offset_the_topic_does_not_hold_starts_where_start_from_says(
+    kafka_bootstrap: str, topic_name: str, start_from: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A topic recreated under a checkpoint (an in-memory broker restarted by `unirec up`) holds fewer
+    records than the checkpoint's next offset: waiting for that offset would train nothing for a
+    long while, then skip the new records before it. The partition starts at `start_from` instead;
+    an offset the topic holds is kept, even past the end the broker reports (the local broker
+    reports the last batch's base offset + 1: here 1, with 100 records in one batch)."""
+    create_topic(kafka_bootstrap, topic_name, 2)
+    send(kafka_bootstrap, topic_name, synthetic_events(200), partitions=2)  # 100 records per partition
+    ingest = KafkaIngest(
+        kafka_bootstrap, topic_name, f"{topic_name}.dlq", Featurizer(load_schema("movielens")), rank=0,
+        world_size=1, batch_size=BATCH, max_wait_ms=100, prefetch_batches=4, on_lag=lambda *_: None,
+        on_dead_letter=lambda _r: None, start_offsets={0: 43_677, 1: 40}, start_from=start_from,
+    )  # fmt: skip
+    try:
+        tp = TopicPartition(topic_name, 0)
+        expected = 0 if start_from == "earliest" else ingest.consumer.end_offsets([tp])[tp]
+        assert ingest.positions() == {0: expected, 1: 40}
+        [warning] = [r for r in caplog.records if r.getMessage() == "checkpoint_offset_out_of_range"]
+        assert warning.fields["partition"] == 0 and warning.fields["offset"] == 43_677  # type: ignore[attr-defined]
+    finally:
+        ingest.close()
