@@ -7,6 +7,7 @@ a missing topic and a dead child are errors that say so, and `stop` leaves no pr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
 
+import trainer.ingest as ingest_module
 from embedding.events import FeatureBatch, Featurizer
 from embedding.methods.unified import Routed
 from embedding.model import build_model
@@ -226,7 +228,7 @@ def test_dead_letters_are_durable_before_the_batch_after_them(kafka_bootstrap: s
 
 @pytest.mark.parametrize("start_from", ["earliest", "latest"])
 def test_a_checkpoint_offset_the_topic_does_not_hold_starts_where_start_from_says(
-    kafka_bootstrap: str, topic_name: str, start_from: str, caplog: pytest.LogCaptureFixture
+    kafka_bootstrap: str, topic_name: str, start_from: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A topic recreated under a checkpoint (an in-memory broker restarted by `unirec up`) holds fewer
     records than the checkpoint's next offset: waiting for that offset would train nothing for a
@@ -235,6 +237,9 @@ def test_a_checkpoint_offset_the_topic_does_not_hold_starts_where_start_from_say
     reports the last batch's base offset + 1: here 1, with 100 records in one batch)."""
     create_topic(kafka_bootstrap, topic_name, 2)
     send(kafka_bootstrap, topic_name, synthetic_events(200), partitions=2)  # 100 records per partition
+    warnings: list[logging.LogRecord] = []  # the package logger does not propagate (core.logs): record here
+    monkeypatch.setattr(ingest_module, "log_event", lambda _log, event, level=logging.INFO, **fields: warnings.append(
+        logging.makeLogRecord({"msg": event, "levelno": level, "fields": fields})))  # fmt: skip
     ingest = KafkaIngest(
         kafka_bootstrap, topic_name, f"{topic_name}.dlq", Featurizer(load_schema("movielens")), rank=0,
         world_size=1, batch_size=BATCH, max_wait_ms=100, prefetch_batches=4, on_lag=lambda *_: None,
@@ -244,7 +249,8 @@ def test_a_checkpoint_offset_the_topic_does_not_hold_starts_where_start_from_say
         tp = TopicPartition(topic_name, 0)
         expected = 0 if start_from == "earliest" else ingest.consumer.end_offsets([tp])[tp]
         assert ingest.positions() == {0: expected, 1: 40}
-        [warning] = [r for r in caplog.records if r.getMessage() == "checkpoint_offset_out_of_range"]
+        [warning] = [r for r in warnings if r.getMessage() == "checkpoint_offset_out_of_range"]
+        assert warning.levelno == logging.WARNING
         assert warning.fields["partition"] == 0 and warning.fields["offset"] == 43_677  # type: ignore[attr-defined]
     finally:
         ingest.close()
