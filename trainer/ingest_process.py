@@ -39,6 +39,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from core.logs import get_logger, log_event
 from embedding.events import FeatureBatch
 from embedding.methods.unified import Routed
+from embedding.schema import FeatureSchema
 from trainer.errors import TrainerError
 from trainer.ingest import Batch, DeadLetterReport, KafkaIngest, LagReport, put_unless_stopped
 from trainer.settings import TrainerSettings
@@ -391,8 +392,9 @@ def _serve(spec: IngestSpec, frames: Connection, control: Connection) -> None:
     from embedding.events import Featurizer
     from embedding.schema import load_schema
 
-    prepare = _hashing(spec)
-    featurizer = Featurizer(load_schema(spec.schema_name))
+    schema = load_schema(spec.schema_name)
+    prepare = _hashing(spec, schema)
+    featurizer = Featurizer(schema)
     start = _to_child.decode(control.recv_bytes())
     if isinstance(start, Stop):
         return
@@ -411,17 +413,16 @@ def _serve(spec: IngestSpec, frames: Connection, control: Connection) -> None:
         ingest.close()
 
 
-def _hashing(spec: IngestSpec) -> Callable[[FeatureBatch], Routed] | None:
+def _hashing(spec: IngestSpec, schema: FeatureSchema) -> Callable[[FeatureBatch], Routed] | None:
     """The unified table's hashing and routing without its parameters (built on the meta device),
     or None for the other methods (their model hashes the fingerprints itself)."""
     from embedding.methods import UnifiedEmbedding, build_method
     from embedding.model import ModelConfig
-    from embedding.schema import load_schema
 
     config = ModelConfig.model_validate(spec.model)
     if config.method != "unified":
         return None
     args = {k: v for k, v in config.method_args.items() if k != "device"}
-    method = build_method(config.method, load_schema(spec.schema_name), **args, device="meta")
+    method = build_method(config.method, schema, **args, device="meta")
     assert isinstance(method, UnifiedEmbedding)
     return lambda features: method.prepare(features.sparse)
