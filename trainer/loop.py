@@ -216,14 +216,19 @@ class Trainer:
         s = self.settings
         clock = CheckpointClock(s.checkpoint_every_s, s.checkpoint_every_events)
         idle_since: float | None = None
+        busy = False
         last_log = time.monotonic()
         while True:
-            batch = self.ingest.get(timeout=s.max_wait_ms / 1000.0)
+            # Right after a step only a batch ready now is taken: the step is collective, so a rank
+            # waiting max_wait_ms here for a batch (its partitions drained or slow) would make every
+            # other rank's next step wait as long. Idle ranks wait together, with no step between.
+            batch = self.ingest.get(timeout=0.0 if busy else s.max_wait_ms / 1000.0)
             drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
             n_local = len(batch) if batch is not None else 0
             leader_flags = [clock.due(self.events), *self.exports.decide()] if self.ctx.is_leader else [False] * 3
             agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
             n_max, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
+            busy = n_max > 0
             if n_max:
                 self.train_batch(batch, size=n_max)
                 idle_since = None

@@ -107,6 +107,23 @@ def test_malformed_events_go_to_the_dead_letter_topic(
     assert probabilities.shape == (64,) and bool(((probabilities > 0) & (probabilities < 1)).all())
 
 
+def test_a_rank_without_events_does_not_hold_back_the_one_training(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    """Partition 1 (rank 1's) stays empty. While rank 0 trains, rank 1 only takes a batch that is ready:
+    waiting `max_wait_ms` for one would cost every step of rank 0 that wait (the step is collective)."""
+    create_topic(kafka_bootstrap, topic_name, 2)
+    send(kafka_bootstrap, topic_name, synthetic_events(640), partitions=1)  # all into partition 0
+    max_wait_s = 3.0
+    env = trainer_env(tmp_path, kafka_bootstrap, topic_name, batch_size=64, max_wait_ms=int(max_wait_s * 1000))
+    run_trainer(env, nproc=2, log=tmp_path / "trainer.log")
+    lines = (tmp_path / "trainer.log").read_text().splitlines()
+    stops = {d["rank"]: d for d in (json.loads(x[x.index("{"):]) for x in lines if '"event":"stopped"' in x)}
+    assert stops[0]["events"] == 640 and stops[1]["events"] == 0, stops
+    # 10 steps; the first one's wait comes before the clock starts. With a wait per step: >= 27 s.
+    assert stops[0]["train_seconds"] < max_wait_s, stops[0]
+
+
 INT8_BOUND = 1e-2
 """Largest |served int8 probability - fp32 probability| (tests/registry/test_roundtrip.py)."""
 
