@@ -7,7 +7,10 @@
     fused row-wise Adagrad, churn tracking, progressive validation, metrics), 1 thread, on in-memory
     pre-featurized batches of fingerprints; `featurize` is the Featurizer on the same events alone;
 (c) `kafka`: `unirec train` end to end from the local broker with its defaults, 1 and 2 ranks;
-(d) `ceiling`: kafka-python consume + msgspec decode of the same topic, one process, manual assignment.
+(d) `ceiling`: kafka-python consume + msgspec decode of the same topic, one process, manual assignment;
+(e) `independent`: two 1-rank `unirec train` at once, each on a topic of its own holding half the
+    events (split by user): what 2 processes on these cores train without any collective, the limit
+    of (c) with 2 ranks.
 
     .venv/bin/python bench/trainer_throughput.py [--events 50000] [--repeats 2] [--label after]
 
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,14 @@ def kafka_rate(
     return {"events_per_s": events / seconds, "events": events, "train_seconds": seconds, "wall_seconds": wall}
 
 
+def independent_rate(bootstrap: str, redis_url: str, topics: list[str], home: Path) -> float:
+    """(e): one 1-rank trainer per topic, all at once; events of all ÷ the longest training time."""
+    with ThreadPoolExecutor(len(topics)) as pool:
+        runs = list(pool.map(lambda i: kafka_rate(bootstrap, redis_url, topics[i], home / f"t{i}", 1),
+                             range(len(topics))))  # fmt: skip
+    return sum(r["events"] for r in runs) / max(r["train_seconds"] for r in runs)
+
+
 def ceiling_rate(bootstrap: str, topic: str, expected: int) -> float:
     """kafka-python consume + decode: one consumer assigned every partition, msgspec per message."""
     from kafka import KafkaConsumer, TopicPartition
@@ -171,7 +183,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     events = _events(args.events)
     runs: dict[str, Any] = {"peer": {}, "step": {}, "featurize": {}, "kafka_1": [], "kafka_2": [], "ceiling": [],
-                            "kafka_sweep": []}  # fmt: skip
+                            "independent": [], "kafka_sweep": []}  # fmt: skip
     load_before = machine_load()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -182,6 +194,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         try:
             topic = f"bench-{time.time_ns()}"
             replay(events, kafka.address, topic, key="user", partitions=2)
+            halves = [f"{topic}-half{i}" for i in range(2)]
+            for i, half in enumerate(halves):
+                replay([e for e in events if int(e.sparse["user"]) % 2 == i], kafka.address, half, partitions=1)
             for r in range(args.repeats):
                 for b in args.batch_size:
                     runs["peer"].setdefault(str(b), []).append(peer_rate(events, b))
@@ -196,6 +211,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         runs[f"kafka_{ranks}"].append(
                             kafka_rate(kafka.address, redis.address, topic, root / f"k{ranks}-{r}", ranks)
                         )
+                    runs["independent"].append(independent_rate(kafka.address, redis.address, halves, root / f"i{r}"))
                     for b, ingest in sweep_points(args):
                         for ranks in (1, 2):
                             home = root / f"s{b}-{ranks}-{ingest}-{r}"
@@ -206,7 +222,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                   flush=True)  # fmt: skip
                     print(f"repeat {r}: ceiling {runs['ceiling'][-1]:,.0f}/s, kafka 1 rank "
                           f"{runs['kafka_1'][-1]['events_per_s']:,.0f}/s, 2 ranks "
-                          f"{runs['kafka_2'][-1]['events_per_s']:,.0f}/s", flush=True)  # fmt: skip
+                          f"{runs['kafka_2'][-1]['events_per_s']:,.0f}/s, 2 independent "
+                          f"{runs['independent'][-1]:,.0f}/s", flush=True)  # fmt: skip
         finally:
             kafka.stop()
             redis.stop()
@@ -224,6 +241,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             summary[f"kafka_{ranks}"] = rate
             summary[f"kafka_{ranks}_over_ceiling"] = rate / ceiling
         summary["kafka_2_over_kafka_1"] = summary["kafka_2"] / summary["kafka_1"]
+        summary["independent"] = med(runs["independent"])
+        summary["kafka_2_over_independent"] = summary["kafka_2"] / summary["independent"]
     return {
         "events": len(events),
         "repeats": args.repeats,
@@ -251,7 +270,9 @@ def render(data: dict[str, Any]) -> str:
         "ids; (b) step: `Trainer.train_batch` on in-memory batches of fingerprints (hashing, routing, DMP, "
         "fused row-wise Adagrad, churn, progressive validation); featurize: the Featurizer alone; (c) "
         "`unirec train` end to end from the local broker with its defaults; (d) ceiling: kafka-python "
-        "consume + msgspec decode, one process, all partitions. (a) and (b) run 1 torch thread.",
+        "consume + msgspec decode, one process, all partitions; (e) two 1-rank trainers at once, each on a "
+        "topic holding half the events (split by user): 2 processes with no collective between them, the limit "
+        "of 2 ranks on these cores. (a) and (b) run 1 torch thread.",
         "",
     ]
     for label, run in sorted(data["labels"].items(), key=lambda kv: kv[1]["created"]):
@@ -284,9 +305,17 @@ def render(data: dict[str, Any]) -> str:
                 f"{s['kafka_1_over_ceiling']:.2f} |",
                 f"| (c) `unirec train` defaults, 2 ranks | {_f(s['kafka_2'])} | {', '.join(_f(x) for x in k2)} | "
                 f"{s['kafka_2_over_ceiling']:.2f} |",
+            ]
+            if "independent" in s:  # rounds before it was measured lack it
+                lines.append(f"| (e) 2 independent 1-rank trainers, half the events each | {_f(s['independent'])} | "
+                             f"{', '.join(_f(x) for x in run['runs']['independent'])} | "
+                             f"{s['independent'] / s['ceiling']:.2f} |")  # fmt: skip
+            lines += [
                 "",
-                f"2 ranks ÷ 1 rank: {s['kafka_2_over_kafka_1']:.2f}. End-to-end rate: events trained ÷ seconds "
-                "from the first batch to the drained topic (start-up excluded).",
+                f"2 ranks ÷ 1 rank: {s['kafka_2_over_kafka_1']:.2f}"
+                + (f"; 2 ranks ÷ (e): {s['kafka_2_over_independent']:.2f}" if "independent" in s else "")
+                + ". End-to-end rate: events trained ÷ seconds from the first batch to the drained topic "
+                "(start-up excluded).",
             ]
         sweep = run["runs"].get("kafka_sweep") or []
         if sweep:
