@@ -38,7 +38,7 @@ from embedding.schema import FeatureSchema, load_schema
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.churn import ChurnSettings, ChurnTracker, fingerprints_of, rows_of
 from trainer.device import DeviceBatch, HostToDevice
-from trainer.distributed import DistContext, init_distributed, shard_model
+from trainer.distributed import DistContext, all_max, init_distributed, shard_model
 from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
 from trainer.ingest import Batch, KafkaIngest
@@ -251,13 +251,12 @@ class Trainer:
                           **{k: round(v, 4) for k, v in self.progressive.snapshot().items()})  # fmt: skip
 
     def _agree(self, n_local: int, stop: bool, drained: bool, leader: list[bool]) -> tuple[int, bool, bool, list[bool]]:
-        """One MAX all-reduce: the largest batch held, stop requested, drained everywhere (no rank
-        not drained), the leader's decisions (the other ranks send zeros)."""
+        """One MAX over the ranks (`all_max`): the largest batch held, stop requested, drained everywhere
+        (no rank not drained), the leader's decisions (the other ranks send zeros)."""
         if self.ctx.world_size == 1:
             return n_local, stop, drained, list(leader)
         flags = torch.tensor([n_local, int(not drained), int(stop), *map(int, leader)], dtype=torch.int64)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        n_max, not_drained, stop_any, *decisions = flags.tolist()
+        n_max, not_drained, stop_any, *decisions = all_max(flags).tolist()
         return n_max, bool(stop_any), not not_drained, [bool(f) for f in decisions]
 
     def prepare(self, features: FeatureBatch) -> Prepared | None:
