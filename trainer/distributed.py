@@ -7,7 +7,7 @@ loop's CPU control tensors go through gloo in the same process group).
 The sparse optimiser (row-wise Adagrad) runs fused in backward on every TorchRec table, which
 includes ROBE/HashedNet arrays (tables of 4-element rows) and MLET's inner tables; dense parameters
 (the network, MLET projections, path-QR maps) use Adam (fused), averaged by DDP across ranks (on
-CPU ranks through `gather_mean_hook`; one rank: no DDP wrapper, nothing to average).
+2 CPU ranks through `gather_mean_hook`; one rank: no DDP wrapper, nothing to average).
 """
 
 from __future__ import annotations
@@ -62,27 +62,28 @@ def all_max(t: torch.Tensor) -> torch.Tensor:
     Gloo's all-reduce is a reduce-scatter then an all-gather: over loopback on the 2-core benchmark
     host an all-reduce of 8 int64 took 1.5 ms and an all-gather of them 0.56 ms (2 ranks)."""
     gathered = torch.empty(dist.get_world_size() * t.numel(), dtype=t.dtype, device=t.device)
-    dist.all_gather_into_tensor(gathered, t.reshape(-1))
+    dist.all_gather_single(gathered, t.reshape(-1))
     return gathered.view(-1, *t.shape).amax(dim=0)
 
 
 def gather_mean_hook(group, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations
-    """DDP communication hook: a `dist.GradBucket`'s mean over the ranks, as DDP's default all-reduce
-    hook gives it, from one all-gather and a local sum (see `all_max`: gloo's all-reduce of a bucket
-    of 15k floats took 2.5 ms, the all-gather and sum 0.9 ms). Returns a future of the bucket."""
+    """DDP communication hook for 2 ranks: a `dist.GradBucket`'s mean, bit for bit what DDP's default
+    all-reduce hook gives, from one all-gather and a local sum (see `all_max`: gloo's all-reduce of a
+    bucket of 15k floats took 2.5 ms, the all-gather and sum 0.9 ms). Returns a future of the bucket.
+    Only for 2 ranks: an all-gather sends each rank N-1 buckets where a ring all-reduce sends about 2."""
     grads = bucket.buffer()
     world = dist.get_world_size(group)
     gathered = torch.empty(world * grads.numel(), dtype=grads.dtype, device=grads.device)
-    work = dist.all_gather_into_tensor(gathered, grads, group=group, async_op=True)
+    work = dist.all_gather_single(gathered, grads, group=group, async_op=True)
 
-    def mean(_: torch.futures.Future) -> torch.Tensor:
+    def mean(_: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
         return torch.sum(gathered.view(world, -1), dim=0, out=grads).div_(world)
 
     return work.get_future().then(mean)
 
 
 class _GatherDataParallel(DefaultDataParallelWrapper):
-    """TorchRec's DDP wrapping of the dense parameters, with `gather_mean_hook` (gloo, CPU ranks)."""
+    """TorchRec's DDP wrapping of the dense parameters, with `gather_mean_hook` (2 CPU ranks, gloo)."""
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
         super().wrap(dmp, env, device)
@@ -161,7 +162,7 @@ def shard_model(
     wrapper: DataParallelWrapper | None = None  # NCCL's all-reduce on GPUs
     if ctx.world_size == 1:
         wrapper = _NoDataParallel()
-    elif ctx.device.type == "cpu":
+    elif ctx.device.type == "cpu" and ctx.world_size == 2:
         wrapper = _GatherDataParallel()
     dmp = DistributedModelParallel(
         model, device=ctx.device, plan=plan, sharders=sharders, data_parallel_wrapper=wrapper

@@ -49,6 +49,8 @@ from trainer.telemetry import TrainerMetrics
 
 log = get_logger("trainer")
 
+_READY_WAIT_S = 0.01
+"""Right after a step, how long a rank whose ingest is not drained waits for its next batch (`_batch_wait_s`)."""
 _GAUGE_EVERY_S = 0.5
 """Loss and progressive AUC/log-loss gauges are refreshed at most this often (and at every stop)."""
 
@@ -219,10 +221,7 @@ class Trainer:
         busy = False
         last_log = time.monotonic()
         while True:
-            # Right after a step only a batch ready now is taken: the step is collective, so a rank
-            # waiting max_wait_ms here for a batch (its partitions drained or slow) would make every
-            # other rank's next step wait as long. Idle ranks wait together, with no step between.
-            batch = self.ingest.get(timeout=0.0 if busy else s.max_wait_ms / 1000.0)
+            batch = self.ingest.get(timeout=self._batch_wait_s(busy))
             drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
             n_local = len(batch) if batch is not None else 0
             leader_flags = [clock.due(self.events), *self.exports.decide()] if self.ctx.is_leader else [False] * 3
@@ -249,6 +248,15 @@ class Trainer:
                 last_log = time.monotonic()
                 log_event(log, "progress", rank=self.ctx.rank, step=self.step, events=self.events,
                           **{k: round(v, 4) for k, v in self.progressive.snapshot().items()})  # fmt: skip
+
+    def _batch_wait_s(self, busy: bool) -> float:
+        """How long to wait for this rank's next batch. The step is collective: right after one (`busy`)
+        a rank waiting `max_wait_ms` (its partitions drained or slow) would make every other rank's next
+        step wait as long, so a drained rank takes only a batch that is ready and one with records in
+        flight waits `_READY_WAIT_S` at most. Idle ranks wait `max_wait_ms` together, no step between."""
+        if not busy:
+            return self.settings.max_wait_ms / 1000.0
+        return 0.0 if self.ingest.drained.is_set() else min(_READY_WAIT_S, self.settings.max_wait_ms / 1000.0)
 
     def _agree(self, n_local: int, stop: bool, drained: bool, leader: list[bool]) -> tuple[int, bool, bool, list[bool]]:
         """One MAX over the ranks (`all_max`): the largest batch held, stop requested, drained everywhere

@@ -26,6 +26,7 @@ COLLECTIVES = (
     "all_reduce",
     "all_gather",
     "all_gather_into_tensor",
+    "all_gather_single",
     "all_to_all",
     "all_to_all_single",
     "broadcast",

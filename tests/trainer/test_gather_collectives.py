@@ -20,7 +20,8 @@ from trainer.distributed import all_max, gather_mean_hook
 def _grads(hook: bool, rank: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)  # the same initial weights on both ranks
     model = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.ReLU(), torch.nn.Linear(300, 1))
-    ddp = DistributedDataParallel(model, bucket_cap_mb=0.01)  # several buckets, as a bigger model has
+    # TorchRec's settings (DefaultDataParallelWrapper); several buckets, as a bigger model has
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.01, gradient_as_bucket_view=True, static_graph=True)
     if hook:
         ddp.register_comm_hook(None, gather_mean_hook)
     torch.manual_seed(100 + rank)  # each rank its own batch
