@@ -99,7 +99,7 @@ def step_rates(events: list, home: Path, redis_url: str, batch_size: int) -> tup
 
 def kafka_rate(
     bootstrap: str, redis_url: str, topic: str, home: Path, ranks: int, batch_size: int | None = None,
-    settings: dict[str, str] | None = None,
+    settings: dict[str, str] | None = None, churn_prefix: str | None = None,
 ) -> dict[str, float]:
     """`unirec train` with its defaults (only the broker, topic, home, stop-at-end and no metrics port set;
     `batch_size` overrides the default for the sweep that chooses it, `settings` any other trainer
@@ -112,6 +112,8 @@ def kafka_rate(
     if batch_size:
         env["UNIREC_TRAINER_BATCH_SIZE"] = str(batch_size)
     env.update({f"UNIREC_TRAINER_{k.upper()}": v for k, v in (settings or {}).items()})
+    if churn_prefix:
+        env["UNIREC_CHURN_KEY_PREFIX"] = churn_prefix
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "unirec.cli", "train", "--nproc", str(ranks)],
                          env=env, capture_output=True, text=True)  # fmt: skip
@@ -122,15 +124,19 @@ def kafka_rate(
     assert len(stops) == ranks, out.stderr[-2000:]
     events = sum(s["events"] for s in stops)
     seconds = max(s["train_seconds"] for s in stops)
-    return {"events_per_s": events / seconds, "events": events, "train_seconds": seconds, "wall_seconds": wall}
+    first_batch = min(s["ts"] - s["train_seconds"] for s in stops)
+    return {"events_per_s": events / seconds, "events": events, "train_seconds": seconds, "wall_seconds": wall,
+            "first_batch_ts": first_batch, "stopped_ts": max(s["ts"] for s in stops)}  # fmt: skip
 
 
 def independent_rate(bootstrap: str, redis_url: str, topics: list[str], home: Path) -> float:
-    """(e): one 1-rank trainer per topic, all at once; events of all ÷ the longest training time."""
+    """(e): one 1-rank trainer per topic, all at once (each its own churn keys in Redis); events of all
+    ÷ the span from the first trainer's first batch to the last one's stop."""
     with ThreadPoolExecutor(len(topics)) as pool:
-        runs = list(pool.map(lambda i: kafka_rate(bootstrap, redis_url, topics[i], home / f"t{i}", 1),
-                             range(len(topics))))  # fmt: skip
-    return sum(r["events"] for r in runs) / max(r["train_seconds"] for r in runs)
+        runs = list(pool.map(lambda i: kafka_rate(bootstrap, redis_url, topics[i], home / f"t{i}", 1,
+                                                  churn_prefix=f"{topics[i]}:churn"), range(len(topics))))  # fmt: skip
+    span = max(r["stopped_ts"] for r in runs) - min(r["first_batch_ts"] for r in runs)
+    return sum(r["events"] for r in runs) / span
 
 
 def ceiling_rate(bootstrap: str, topic: str, expected: int) -> float:
