@@ -12,6 +12,10 @@ padding at all).
 The unified table's hashing and routing (`UnifiedEmbedding.prepare`) run once per batch, in the
 ingest thread (or the ingest process); the training thread gets the routed batch and the rows it
 touches.
+
+The loop looks one batch ahead: each iteration agrees on the next batch and starts its TorchRec
+input distribution (`InputDistAhead`) before it trains the batch agreed on in the iteration before,
+so the ids' all-to-alls travel while the other step computes. A stop trains the batch ahead first.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from trainer.errors import TrainerError
 from trainer.exporting import ExportScheduler
 from trainer.ingest import Batch, KafkaIngest
 from trainer.ingest_process import IngestProcess, ingest_spec
+from trainer.input_dist import InputDistAhead, routed_module
 from trainer.progressive import REDUCE_EVERY_STEPS, ProgressiveMetrics
 from trainer.settings import TrainerSettings
 from trainer.telemetry import TrainerMetrics
@@ -86,6 +91,18 @@ def pad_batch(
 
 
 @dataclass(frozen=True)
+class Step:
+    """A batch agreed on and padded to the agreed size, on the device, its input distribution started
+    (`Trainer.begin_step`); `Trainer.take_step` trains it."""
+
+    batch: Batch | None
+    features: FeatureBatch
+    routed: Routed | None
+    labels: torch.Tensor
+    on_device: DeviceBatch
+
+
+@dataclass(frozen=True)
 class Prepared:
     """What ingestion makes of a batch for the step (the ingest thread, or the ingest process and the
     receiver thread): the unified table's routing (None for other methods: the model hashes the
@@ -114,6 +131,7 @@ class Trainer:
         self.metrics = TrainerMetrics(self.ctx.rank)
         sparse = getattr(self.model, "module", self.model).sparse
         self.unified: UnifiedEmbedding | None = sparse if isinstance(sparse, UnifiedEmbedding) else None
+        self.input_dist = InputDistAhead(routed_module(self.model))
         self.progressive = ProgressiveMetrics(settings.auc_window)
         self.exports = ExportScheduler(settings, self.ctx, self.schema, self.config, self.model, self.metrics)
         self.churn = ChurnTracker(
@@ -218,25 +236,28 @@ class Trainer:
         s = self.settings
         clock = CheckpointClock(s.checkpoint_every_s, s.checkpoint_every_events)
         idle_since: float | None = None
-        busy = False
+        ahead: Step | None = None
         last_log = time.monotonic()
         while True:
-            batch = self.ingest.get(timeout=self._batch_wait_s(busy))
+            batch = self.ingest.get(timeout=self._batch_wait_s(busy=ahead is not None))
             drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
             n_local = len(batch) if batch is not None else 0
             leader_flags = [clock.due(self.events), *self.exports.decide()] if self.ctx.is_leader else [False] * 3
             agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
             n_max, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
-            busy = n_max > 0
+            current, ahead = ahead, self.begin_step(batch, size=n_max) if n_max else None
+            if current is not None:
+                self.take_step(current)
             if n_max:
-                self.train_batch(batch, size=n_max)
                 idle_since = None
-            elif s.stop_at_end and all_drained:
+            elif s.stop_at_end and all_drained:  # nothing ahead, nothing in flight
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= s.idle_timeout_s:
                     log_event(log, "drained", step=self.step, events=self.events)
                     return
             if stop:
+                if ahead is not None:
+                    self.take_step(ahead)
                 return
             if full_due or delta_due:
                 self._export(full=full_due)
@@ -250,10 +271,11 @@ class Trainer:
                           **{k: round(v, 4) for k, v in self.progressive.snapshot().items()})  # fmt: skip
 
     def _batch_wait_s(self, busy: bool) -> float:
-        """How long to wait for this rank's next batch. The step is collective: right after one (`busy`)
-        a rank waiting `max_wait_ms` (its partitions drained or slow) would make every other rank's next
-        step wait as long, so a drained rank takes only a batch that is ready and one with records in
-        flight waits `_READY_WAIT_S` at most. Idle ranks wait `max_wait_ms` together, no step between."""
+        """How long to wait for this rank's next batch. The step is collective: when one is due (`busy`:
+        a batch is ahead) a rank waiting `max_wait_ms` (its partitions drained or slow) would make every
+        other rank's step wait as long, so a drained rank takes only a batch that is ready and one with
+        records in flight waits `_READY_WAIT_S` at most. Idle ranks wait `max_wait_ms` together, no step
+        between."""
         if not busy:
             return self.settings.max_wait_ms / 1000.0
         return 0.0 if self.ingest.drained.is_set() else min(_READY_WAIT_S, self.settings.max_wait_ms / 1000.0)
@@ -283,7 +305,11 @@ class Trainer:
 
     def train_batch(self, batch: Batch | None, size: int | None = None) -> None:
         """One collective step on this rank's batch (None: an all-padding batch), padded to `size`
-        examples (default: the batch's own size, at least 1)."""
+        examples (default: the batch's own size, at least 1), with nothing ahead of it."""
+        self.take_step(self.begin_step(batch, size))
+
+    def begin_step(self, batch: Batch | None, size: int | None = None) -> Step:
+        """Pad `batch` to `size`, have it on the device and start its input distribution."""
         if self.first_batch_at is None and batch is not None:
             self.first_batch_at = time.monotonic()
         features = batch.features if batch is not None else self._empty
@@ -293,16 +319,24 @@ class Trainer:
         routed = prepared.routed if prepared is not None else None
         size = size or max(len(features), 1)
         padded = pad_batch(features, size, routed.kjt if routed is not None else None)
-        labels = padded[2]
-        self._track(batch, routed)
+        if routed is None and self.unified is not None:  # all padding: routed too, its input dist starts here
+            padded = (self.unified.prepare(padded[0]).kjt, *padded[1:])
         staged = prepared.staged if prepared is not None and prepared.staged.size == size else None
         on_device = self.h2d.ready(staged or self.h2d.stage(*padded))  # padded to another rank's size: copy now
+        self.input_dist.start(on_device.sparse)
+        return Step(batch, features, routed, padded[2], on_device)
+
+    def take_step(self, step: Step) -> None:
+        """Train one begun step (the oldest: input distributions are consumed in order)."""
+        batch, features, on_device = step.batch, step.features, step.on_device
+        self._track(batch, step.routed)
         logits = self.model(on_device.sparse, on_device.dense)
         losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, on_device.labels, reduction="none")
         n = len(features)
         loss = (losses * on_device.weights).sum() / max(n, 1)
         self.dense_opt.zero_grad()
         loss.backward()
+        self.input_dist.advance()  # the next batch's ids travel during the optimiser step and the next agreement
         self.dense_opt.step()
         self.step += 1
         if self.step % REDUCE_EVERY_STEPS == 0:  # every rank is at this step: figures over all ranks
@@ -310,7 +344,7 @@ class Trainer:
         if batch is None or n == 0:
             return
         scores = torch.sigmoid(logits[:n].detach()).cpu().numpy()
-        truth = labels[:n].numpy()
+        truth = step.labels[:n].numpy()
         self.progressive.update(scores, truth)
         self.events += n
         self.watermark_ms = max(self.watermark_ms, batch.max_ts_ms)
