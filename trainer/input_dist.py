@@ -66,8 +66,7 @@ class InputDistAhead:
     def advance(self) -> None:
         """Wait for the split sizes of every started batch, which issues the all-to-all of its ids."""
         for entry in self._in_flight:
-            if not entry.advanced:
-                entry.request, entry.advanced = entry.request.wait(), True
+            _advance(entry)
 
     def _pipelined_forward(self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any) -> Any:
         if not self._in_flight:
@@ -78,9 +77,13 @@ class InputDistAhead:
                 "the sharded embedding module was called with another batch than the one whose input "
                 f"distribution was started ({self.in_flight} in flight); expected the started batches in order"
             )
-        self.advance()
-        self._in_flight.popleft()
+        _advance(self._in_flight.popleft())  # only this one: a batch started after it advances after backward
         return self.module.compute_and_output_dist(entry.ctx, entry.request.wait())  # type: ignore[union-attr]
+
+
+def _advance(entry: _InFlight) -> None:
+    if not entry.advanced:
+        entry.request, entry.advanced = entry.request.wait(), True
 
 
 def routed_module(model: torch.nn.Module) -> torch.nn.Module | None:

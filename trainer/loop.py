@@ -242,9 +242,14 @@ class Trainer:
             batch = self.ingest.get(timeout=self._batch_wait_s(busy=ahead is not None))
             drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
             n_local = len(batch) if batch is not None else 0
-            leader_flags = [clock.due(self.events), *self.exports.decide()] if self.ctx.is_leader else [False] * 3
+            # the leader's clock decides the idle timeout: ranks reading their own clocks could leave the
+            # loop one iteration apart, and the one left would call collectives the others do not
+            idle_over = idle_since is not None and time.monotonic() - idle_since >= s.idle_timeout_s
+            leader_flags = [False] * 4
+            if self.ctx.is_leader:
+                leader_flags = [clock.due(self.events), *self.exports.decide(), idle_over]
             agreed = self._agree(n_local, stop=self._stop_requested, drained=drained, leader=leader_flags)
-            n_max, stop, all_drained, (checkpoint_due, full_due, delta_due) = agreed
+            n_max, stop, all_drained, (checkpoint_due, full_due, delta_due, idle_done) = agreed
             current, ahead = ahead, self.begin_step(batch, size=n_max) if n_max else None
             if current is not None:
                 self.take_step(current)
@@ -252,7 +257,7 @@ class Trainer:
                 idle_since = None
             elif s.stop_at_end and all_drained:  # nothing ahead, nothing in flight
                 idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= s.idle_timeout_s:
+                if idle_done:
                     log_event(log, "drained", step=self.step, events=self.events)
                     return
             if stop:

@@ -23,6 +23,6 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mmdebstrap --quiet --variant=minbase --include="$packages" "$suite" "$work/rootfs.tar"
 "$engine" import --change 'CMD ["python3"]' --change 'ENV LANG=C.UTF-8' "$work/rootfs.tar" "$image" >/dev/null
-"$engine" run --rm "$image" python3 -c 'import sys, venv, ssl; assert sys.version_info[:2] == (3, 11), sys.version' \
+"$engine" run --rm --network=none "$image" python3 -c 'import sys, venv, ssl; assert sys.version_info[:2] == (3, 11), sys.version' \
   || { echo "base-image.sh: $image has no usable Python 3.11" >&2; exit 1; }
 echo "$image"

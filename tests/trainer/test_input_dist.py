@@ -50,7 +50,11 @@ def _train(rank: int, home: Path, redis_url: str, ahead: bool) -> dict[str, torc
     settings = TrainerSettings(home=home / str(ahead), redis_url=redis_url, metrics_port=0, export_every_s=0,
                                delta_every_s=0, threads=1)  # fmt: skip
     trainer = Trainer(settings)
-    assert routed_module(trainer.model) is trainer.input_dist.module is not None, "the unified table is hooked"
+    module = trainer.input_dist.module
+    assert module is not None and routed_module(trainer.model) is module, "the unified table is hooked"
+    if not ahead:  # the baseline: TorchRec's own ShardedModule.forward, nothing started ahead
+        del module.forward
+        trainer.input_dist = InputDistAhead(None)
     batches, sizes = _batches(rank), [max(s) for s in SIZES]
     if ahead:  # as the loop: begin the next step, then take the current one
         current = trainer.begin_step(batches[0], sizes[0])
@@ -64,7 +68,9 @@ def _train(rank: int, home: Path, redis_url: str, ahead: bool) -> dict[str, torc
         for batch, size in zip(batches, sizes, strict=True):
             trainer.train_batch(batch, size)
     assert trainer.input_dist.in_flight == 0
-    probe = trainer.prepare(_batches(0)[0].features)  # type: ignore[union-attr]
+    featurizer = trainer.featurizer
+    probe = trainer.prepare(featurizer(list(iter_events("movielens", limit=2 * 64 * len(SIZES)))))  # every row trained
+    assert probe is not None
     trainer.model.eval()
     with torch.no_grad():
         logits = trainer.model(probe.staged.sparse, probe.staged.dense)
