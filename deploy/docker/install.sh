@@ -88,9 +88,10 @@ case $variant in
   *) echo "install.sh: variant '$variant' is not cpu or gpu" >&2; exit 2 ;;
 esac
 
-# Keep the torch just installed: no later requirement may swap it for another build.
+# Keep the torch just installed: no later requirement may swap it for another build. Its distribution
+# version, not torch.__version__: PyPI's wheels report 2.13.0+cu130 there but are 2.13.0 to pip.
 constraints=$(mktemp)
-python -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
+python -c "from importlib.metadata import version; print('torch==' + version('torch'))" > "$constraints"
 "${PIP[@]}" install -c "$constraints" "${regular[@]}"
 "${PIP[@]}" install --no-deps "${torchrec[@]}"
 rm -f "$constraints"
