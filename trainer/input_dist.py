@@ -86,10 +86,9 @@ def _advance(entry: _InFlight) -> None:
         entry.request, entry.advanced = entry.request.wait(), True
 
 
-def routed_module(model: torch.nn.Module) -> torch.nn.Module | None:
+def routed_module(unified: UnifiedEmbedding | None) -> torch.nn.Module | None:
     """The sharded module that receives the model's sparse input unchanged: the unified table's
-    embedding-bag collection (fed the routed batch), None for every other method."""
-    sparse = getattr(getattr(model, "module", model), "sparse", None)
-    if isinstance(sparse, UnifiedEmbedding) and isinstance(sparse.ebc, ShardedModule):
-        return sparse.ebc
+    embedding-bag collection (fed the routed batch) once sharded, None for every other method."""
+    if unified is not None and isinstance(unified.ebc, ShardedModule):
+        return unified.ebc
     return None

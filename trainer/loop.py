@@ -131,7 +131,7 @@ class Trainer:
         self.metrics = TrainerMetrics(self.ctx.rank)
         sparse = getattr(self.model, "module", self.model).sparse
         self.unified: UnifiedEmbedding | None = sparse if isinstance(sparse, UnifiedEmbedding) else None
-        self.input_dist = InputDistAhead(routed_module(self.model))
+        self.input_dist = InputDistAhead(routed_module(self.unified))
         self.progressive = ProgressiveMetrics(settings.auc_window)
         self.exports = ExportScheduler(settings, self.ctx, self.schema, self.config, self.model, self.metrics)
         self.churn = ChurnTracker(

@@ -51,7 +51,7 @@ def _train(rank: int, home: Path, redis_url: str, ahead: bool) -> dict[str, torc
                                delta_every_s=0, threads=1)  # fmt: skip
     trainer = Trainer(settings)
     module = trainer.input_dist.module
-    assert module is not None and routed_module(trainer.model) is module, "the unified table is hooked"
+    assert module is not None and routed_module(trainer.unified) is module, "the unified table is hooked"
     if not ahead:  # the baseline: TorchRec's own ShardedModule.forward, nothing started ahead
         del module.forward
         trainer.input_dist = InputDistAhead(None)
