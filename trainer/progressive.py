@@ -1,13 +1,18 @@
 """Progressive validation: every batch is scored before it is trained on; figures over all ranks.
 
 Cumulative AUC and log loss are a torchmetrics `Metric` (`ScoreHistogram`): per rank a histogram of
-scores per class in 10,000 bins plus the log-loss sum, all reduced by sum across ranks by
-torchmetrics' own sync. Memory is constant for an endless stream; the binned AUC counts a positive
-and a negative in the same 1e-4-wide bin as a tie, so it differs from the exact AUC by at most half
-the share of positive-negative pairs that share a bin (below 1e-4 for scores spread over [0, 1]).
-The recent window keeps this rank's last `window / world_size` (score, label) pairs; a reduce
-gathers them from every rank (uneven sizes allowed) and computes the exact rank AUC over the last
-`window` events of the job.
+scores per class in 10,000 bins plus the log-loss sum, summed across ranks. Memory is constant for
+an endless stream; the binned AUC counts a positive and a negative in the same 1e-4-wide bin as a
+tie, so it differs from the exact AUC by at most half the share of positive-negative pairs that share
+a bin (below 1e-4 for scores spread over [0, 1]). The recent window keeps this rank's last
+`window / world_size` (score, label) pairs; a reduce gathers them from every rank and computes the
+exact rank AUC over the last `window` events of the job.
+
+A reduce is one all-gather of every rank's state packed into one fixed-size float64 vector (the two
+histograms, the log-loss sum and count, the recent pairs padded to `window / world_size`), not
+torchmetrics' sync: that is a barrier and two all-gathers per state (shapes, then data) plus the
+recent pairs', 13 collectives per reduce, and with 2 CPU ranks each collective of the step costs
+about a tenth of its time (bench/results/trainer_throughput.md).
 
 Why not torchmetrics' `BinaryAUROC(thresholds=10_000)` as is: its update compares every score with
 every threshold, 261 ms per 256-event batch here (20 ms with 4,096 thresholds) against 0.2 ms for
@@ -28,7 +33,6 @@ import torch
 import torch.distributed as dist
 from torchmetrics import Metric
 from torchmetrics.utilities.compute import _auc_compute_without_check
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 BINS = 10_000
 REDUCE_EVERY_STEPS = 20
@@ -88,16 +92,28 @@ class ScoreHistogram(Metric):
         return self.local()
 
     def local(self) -> dict[str, float]:
-        """The figures of the state as it is (no sync)."""
-        n_pos, n_neg = float(self.pos.sum()), float(self.neg.sum())
-        auc = float("nan")
-        if n_pos and n_neg:
-            # ROC points from the highest bin down: (false, true) positive rates at each bin edge
-            tpr = torch.cat([torch.zeros(1, dtype=torch.float64), self.pos.flip(0).cumsum(0) / n_pos])
-            fpr = torch.cat([torch.zeros(1, dtype=torch.float64), self.neg.flip(0).cumsum(0) / n_neg])
-            auc = float(_auc_compute_without_check(fpr, tpr, 1.0))
-        count = float(self.count)
-        return {"auc": auc, "logloss": float(self.loss_sum) / count if count else float("nan"), "count": count}
+        """The figures of this rank's state (no sync)."""
+        return histogram_figures(self.packed())
+
+    def packed(self) -> torch.Tensor:
+        """The state as one float64 vector: `pos`, `neg`, `loss_sum`, `count` (what `histogram_figures`
+        reads; vectors of several ranks add up to the state of their union)."""
+        return torch.cat([self.pos, self.neg, self.loss_sum.reshape(1), self.count.reshape(1)])
+
+
+def histogram_figures(packed: torch.Tensor) -> dict[str, float]:
+    """Binned AUC, mean log loss and count of a `ScoreHistogram.packed` state (or a sum of them)."""
+    bins = (packed.numel() - 2) // 2
+    pos, neg = packed[:bins], packed[bins : 2 * bins]
+    n_pos, n_neg = float(pos.sum()), float(neg.sum())
+    auc = float("nan")
+    if n_pos and n_neg:
+        # ROC points from the highest bin down: (false, true) positive rates at each bin edge
+        tpr = torch.cat([torch.zeros(1, dtype=torch.float64), pos.flip(0).cumsum(0) / n_pos])
+        fpr = torch.cat([torch.zeros(1, dtype=torch.float64), neg.flip(0).cumsum(0) / n_neg])
+        auc = float(_auc_compute_without_check(fpr, tpr, 1.0))
+    loss_sum, count = float(packed[-2]), float(packed[-1])
+    return {"auc": auc, "logloss": loss_sum / count if count else float("nan"), "count": count}
 
 
 def _world() -> int:
@@ -148,15 +164,25 @@ class ProgressiveMetrics:
     def reduce(self) -> dict[str, float]:
         """The figures over every rank (a collective: all ranks call it at the same step)."""
         scores, labels = self._recent_arrays()
-        if _world() > 1:
-            local = torch.from_numpy(np.stack([scores, labels]).T.copy())  # [n, 2]
-            gathered = torch.cat(gather_all_tensors(local)).numpy()
-            scores, labels = gathered[:, 0], gathered[:, 1]
-        if _world() > 1:
-            with self._cumulative.sync_context():  # torchmetrics' sum over ranks, undone on exit
-                cumulative = self._cumulative.local()
-        else:
-            cumulative = self._cumulative.local()
+        if _world() == 1:
+            self._reduced = self._figures(scores, labels, self._cumulative.local())
+            return self._reduced
+        histogram = self._cumulative.packed()
+        keep = self._keep
+        local = torch.zeros(histogram.numel() + 1 + 2 * keep, dtype=torch.float64)
+        local[: histogram.numel()] = histogram
+        local[histogram.numel()] = scores.size
+        recent = local[histogram.numel() + 1 :].view(2, keep)
+        recent[0, : scores.size] = torch.from_numpy(scores)
+        recent[1, : labels.size] = torch.from_numpy(labels)
+        gathered = torch.empty(_world() * local.numel(), dtype=torch.float64)
+        dist.all_gather_single(gathered, local)  # one collective for every figure
+        per_rank = gathered.view(_world(), -1)
+        sizes = per_rank[:, histogram.numel()].long().tolist()
+        pairs = per_rank[:, histogram.numel() + 1 :].reshape(_world(), 2, keep)
+        scores = torch.cat([pairs[r, 0, :n] for r, n in enumerate(sizes)]).numpy()
+        labels = torch.cat([pairs[r, 1, :n] for r, n in enumerate(sizes)]).numpy()
+        cumulative = histogram_figures(per_rank[:, : histogram.numel()].sum(dim=0))
         self._reduced = self._figures(scores, labels, cumulative)
         return self._reduced
 
