@@ -126,7 +126,8 @@ def kafka_rate(
     seconds = max(s["train_seconds"] for s in stops)
     first_batch = min(s["ts"] - s["train_seconds"] for s in stops)
     return {"events_per_s": events / seconds, "events": events, "train_seconds": seconds, "wall_seconds": wall,
-            "first_batch_ts": first_batch, "stopped_ts": max(s["ts"] for s in stops)}  # fmt: skip
+            "first_batch_ts": first_batch, "stopped_ts": max(s["ts"] for s in stops), "steps": stops[0]["step"],
+            "agreements": stops[0]["agreements"]}  # fmt: skip
 
 
 def independent_rate(bootstrap: str, redis_url: str, topics: list[str], home: Path) -> float:

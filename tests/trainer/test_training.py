@@ -120,8 +120,28 @@ def test_a_rank_without_events_does_not_hold_back_the_one_training(
     lines = (tmp_path / "trainer.log").read_text().splitlines()
     stops = {d["rank"]: d for d in (json.loads(x[x.index("{"):]) for x in lines if '"event":"stopped"' in x)}
     assert stops[0]["events"] == 640 and stops[1]["events"] == 0 and stops[0]["step"] == 10, stops
+    assert stops[0]["agreements"] > stops[0]["step"], "rank 1 held no batch: every step needs an agreement"
     # the first step's wait comes before the clock starts; with a wait per step the 9 others take >= 27 s
     assert stops[0]["train_seconds"] < 3 * max_wait_s, stops[0]
+
+
+def test_under_backlog_one_agreement_covers_several_steps(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    """Both ranks start with a backlog: each agreement covers the batches every rank holds (at most
+    AGREE_EVERY_STEPS), and still every event is trained exactly once and the ranks stop together."""
+    create_topic(kafka_bootstrap, topic_name, 2)
+    events = synthetic_events(4000)
+    send(kafka_bootstrap, topic_name, events, partitions=2)
+    env = trainer_env(tmp_path, kafka_bootstrap, topic_name, batch_size=32, predictions_log=tmp_path / "pred")
+    run_trainer(env, nproc=2, log=tmp_path / "trainer.log")
+    lines = (tmp_path / "trainer.log").read_text().splitlines()
+    stops = {d["rank"]: d for d in (json.loads(x[x.index("{") :]) for x in lines if '"event":"stopped"' in x)}
+    trained = [e for _, e, _, _ in read_predictions(tmp_path / "pred")]
+    assert sorted(trained) == sorted(e.event_id for e in events), "every event trained exactly once"
+    assert stops[0]["step"] == stops[1]["step"] and stops[0]["agreements"] == stops[1]["agreements"], stops
+    assert stops[0]["events"] + stops[1]["events"] == len(events)
+    assert stops[0]["agreements"] < stops[0]["step"] / 2, stops  # one agreement per step without covering
 
 
 INT8_BOUND = 1e-2
