@@ -236,16 +236,31 @@ class RedisExchange:
         values = self._call("progress", lambda: self._client.mget([self.keys.progress(r) for r in ranks]))
         return {r: int(v) for r, v in zip(ranks, values, strict=True) if v is not None}
 
-    def fetch_part(
-        self, rank: int, window_start: int, features: Sequence[str], rows_shape: tuple[int, int] | None
-    ) -> RankPart | None:
-        """Another rank's part of a window; None when it published nothing for it. `rows_shape`: fetch its
-        touched-rows matrix too (None: do not)."""
+    def fetch_parts(
+        self, requests: Sequence[tuple[int, int]], features: Sequence[str], rows_shape: tuple[int, int] | None
+    ) -> dict[tuple[int, int], RankPart | None]:
+        """Other ranks' parts of windows, for each (rank, window start) requested, in one MGET (one round
+        trip however many windows a merge round takes); None for a part never published. `rows_shape`:
+        fetch the touched-rows matrices too (None: do not)."""
         k = self.keys
-        names = [k.meta(window_start, rank)] + [k.sketch(f, window_start, rank) for f in features]
-        if rows_shape is not None:
-            names.append(k.rows(window_start, rank))
+        names: list[str] = []
+        for rank, start in requests:
+            names += [k.meta(start, rank)] + [k.sketch(f, start, rank) for f in features]
+            if rows_shape is not None:
+                names.append(k.rows(start, rank))
+        if not names:
+            return {}
         values = self._call("fetch", lambda: self._client.mget(names))
+        per = len(names) // len(requests)
+        return {
+            request: self._part(*request, values[i * per : (i + 1) * per], features, rows_shape)
+            for i, request in enumerate(requests)
+        }
+
+    def _part(
+        self, rank: int, window_start: int, values: list[Any], features: Sequence[str],
+        rows_shape: tuple[int, int] | None,
+    ) -> RankPart | None:  # fmt: skip
         if values[0] is None:
             return None
         meta = orjson.loads(values[0])

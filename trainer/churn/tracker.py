@@ -241,14 +241,19 @@ class ChurnTracker:
         if self._exchange is not None:
             self._exchange.flush()
         progress: dict[int, int] = {}  # read once for every window this round merges
-        while self._waiting and self._finalize_head(force=False, progress=progress):
+        fetched: dict[tuple[int, int], RankPart | None] = {}
+        while self._waiting and self._finalize_head(force=False, progress=progress, fetched=fetched):
             pass
         if self._exchange is not None and self._exchange.pending:
             self._exchange.flush()
 
-    def _finalize_head(self, force: bool, progress: dict[int, int]) -> bool:
+    def _finalize_head(
+        self, force: bool, progress: dict[int, int], fetched: dict[tuple[int, int], RankPart | None] | None = None
+    ) -> bool:
         """Merge the oldest waiting window if every rank's part is there (or it is overdue); True if merged.
-        `progress`: the other ranks' published progress, read from Redis into it when empty."""
+        `progress`: the other ranks' published progress, read from Redis into it when empty, and with it
+        into `fetched` the parts of every waiting window all other ranks have published (one MGET)."""
+        fetched = {} if fetched is None else fetched
         head = self._waiting[0]
         parts = [head.part]
         remote: list[RankPart] = []
@@ -261,14 +266,24 @@ class ChurnTracker:
             )
             end = head.part.window_start + self._window_ms
             try:
+                shape = (self.table_rows, self._rows.width) if self._rows is not None else None
                 if not progress:
                     progress.update(self._exchange.progress(others))
+                    published = [
+                        w.part.window_start for w in self._waiting
+                        if all(progress.get(r, -1) >= w.part.window_start + self._window_ms for r in others)
+                    ]  # fmt: skip
+                    requests = [(r, start) for start in published for r in others]
+                    if requests:
+                        fetched.update(self._exchange.fetch_parts(requests, self.features, shape))
                 ready = [r for r in others if progress.get(r, -1) >= end]
                 if len(ready) < len(others) and not overdue:
                     return False
-                shape = (self.table_rows, self._rows.width) if self._rows is not None else None
+                missing = [(r, head.part.window_start) for r in ready if (r, head.part.window_start) not in fetched]
+                if missing:  # overdue: the parts of the ranks that published it
+                    fetched.update(self._exchange.fetch_parts(missing, self.features, shape))
                 for r in ready:
-                    part = self._exchange.fetch_part(r, head.part.window_start, self.features, shape)
+                    part = fetched.pop((r, head.part.window_start))
                     if part is not None:
                         remote.append(part)
                 complete = len(ready) == len(others)

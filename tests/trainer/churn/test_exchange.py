@@ -103,6 +103,32 @@ def test_two_ranks_report_the_same_global_numbers_as_one_rank(redis_url: str, re
         tracker.close()
 
 
+def test_a_merge_round_reads_every_published_window_in_one_round_trip(
+    redis_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 waits on windows rank 1 has published meanwhile: one MGET brings the parts of all of them."""
+    settings = ChurnSettings(window_s=60, lg_k=12, union_lg_k=14, key_prefix=f"test:{request.node.name}")
+    ranks = [ChurnTracker(SCHEMA, settings, TABLE_ROWS, rank=r, world_size=2, redis_url=redis_url) for r in range(2)]
+    stream = _stream(4)
+    for r, tracker in enumerate(ranks):  # the monotonic clock: nothing is due within the test's few ms
+        for w, batches in enumerate(stream):
+            batch = batches[r]
+            tracker.observe(batch, w * 60_000, _rows(batch), step=w)
+    ranks[1].flush()  # windows 0-3 published; rank 1 waits for rank 0's parts
+    assert ranks[0].waiting_windows == 3 and ranks[0].windows_merged == 0
+    exchange = ranks[0]._exchange
+    calls: list[int] = []
+    fetch_parts = exchange.fetch_parts
+    monkeypatch.setattr(
+        exchange, "fetch_parts", lambda requests, *a: calls.append(len(requests)) or fetch_parts(requests, *a)
+    )
+    ranks[0].flush()
+    assert ranks[0].windows_merged == 4 and calls == [4], calls
+    assert all(s["complete"] and s["ranks_merged"] == 2 for s in ranks[0].summaries)
+    for tracker in ranks:
+        tracker.close()
+
+
 def test_tracker_keeps_going_while_redis_is_down_and_catches_up(tmp_path: Path) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
