@@ -324,6 +324,10 @@ def render(data: dict[str, Any]) -> str:
                 + ". End-to-end rate: events trained ÷ seconds from the first batch to the drained topic "
                 "(start-up excluded).",
             ]
+            covered = [x for x in run["runs"]["kafka_2"] if "agreements" in x]
+            if covered:  # rounds before one agreement covered several steps lack it
+                lines[-1] += " Steps ÷ agreements of the ranks, 2 ranks: " + ", ".join(
+                    f"{x['steps'] / max(x['agreements'], 1):.1f}" for x in covered) + "."  # fmt: skip
         sweep = run["runs"].get("kafka_sweep") or []
         if sweep:
             lines += ["", "Sweep of (c) over the batch size and where ingestion runs (a thread of the rank, or "
