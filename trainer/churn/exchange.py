@@ -211,14 +211,17 @@ class RedisExchange:
 
         def write() -> None:
             pipe = self._client.pipeline(transaction=False)
+            indexed: dict[str, dict[str, int]] = {}
             for entry in entries:
                 for key, value in entry.bulky + entry.core:
                     pipe.set(key, value, ex=ttl)
                 if entry.index is not None:
                     index, start = entry.index
-                    pipe.zadd(index, {str(start): start})
-                    pipe.zremrangebyrank(index, 0, -self.settings.keep_summaries - 1)
-                    pipe.expire(index, ttl)
+                    indexed.setdefault(index, {})[str(start)] = start
+            for index, starts in indexed.items():  # after the summaries they index; trimmed once per flush
+                pipe.zadd(index, starts)
+                pipe.zremrangebyrank(index, 0, -self.settings.keep_summaries - 1)
+                pipe.expire(index, ttl)
             pipe.execute()
 
         try:

@@ -224,3 +224,21 @@ def test_one_rank_batches_redis_writes_without_dropping_windows(redis_url: str, 
     tracker.close()
     starts = [s["window_start_ms"] for s in read_summaries(redis.Redis.from_url(redis_url), prefix, last=100)]
     assert starts == [w * 1000 for w in range(40)]
+
+
+def test_the_summary_index_keeps_the_latest_windows_when_one_flush_writes_many(
+    redis_url: str, request: pytest.FixtureRequest
+) -> None:
+    """Windows flushed together are indexed together: the index still keeps exactly the latest
+    `keep_summaries` windows, and every window it names has its summary."""
+    prefix = f"test:{request.node.name}"
+    settings = ChurnSettings(window_s=1, keep_summaries=5, key_prefix=prefix)
+    tracker = ChurnTracker(SCHEMA, settings, TABLE_ROWS, redis_url=redis_url, clock=lambda: 0.0)  # no poll due
+    for w in range(12):
+        tracker.observe({"user": np.arange(w, w + 100), "item": np.arange(10)}, w * 1000, step=w)
+    tracker.close()  # one flush: 12 windows
+    client = redis.Redis.from_url(redis_url)
+    assert client.zcard(Keys(prefix).index) == 5
+    starts = [s["window_start_ms"] for s in read_summaries(client, prefix, last=100)]
+    assert starts == [w * 1000 for w in range(7, 12)]
+    assert 0 < client.ttl(Keys(prefix).index) <= settings.ttl_s
