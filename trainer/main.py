@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import traceback
 
-from core.logs import configure_logging
+from core.logs import configure_logging, get_logger, log_event
+from trainer.affinity import pin_local_rank
 from trainer.lifetime import die_with_parent, exit_rank
 from trainer.settings import TrainerSettings
 
@@ -18,6 +19,8 @@ def main() -> int:
         die_with_parent()
     settings = TrainerSettings()
     configure_logging(settings.log_level, json_lines=True)
+    if settings.pin_cpus:  # first: the threads and the ingest process started below inherit it
+        _pin_cpu_rank(settings)
     # torchmetrics imports matplotlib where it is installed, and matplotlib writes its font cache under
     # ~/.cache; keep it in the project's home with everything else of ours
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home / "cache" / "matplotlib"))
@@ -29,6 +32,17 @@ def main() -> int:
     from trainer.loop import train
 
     return train(settings, child)
+
+
+def _pin_cpu_rank(settings: TrainerSettings) -> None:
+    import torch
+
+    if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+        return
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = pin_local_rank(int(os.environ.get("LOCAL_RANK", "0")), local_world)
+    if share is not None:
+        log_event(get_logger("trainer"), "cpu affinity", cpus=sorted(share), local_world=local_world)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,9 @@ def test_under_backlog_one_agreement_covers_several_steps(
     assert stops[0]["step"] == stops[1]["step"] and stops[0]["agreements"] == stops[1]["agreements"], stops
     assert stops[0]["events"] + stops[1]["events"] == len(events)
     assert stops[0]["agreements"] < stops[0]["step"] / 2, stops  # one agreement per step without covering
+    pinned = [set(json.loads(x[x.index("{") :])["cpus"]) for x in lines if '"event":"cpu affinity"' in x]
+    if len(os.sched_getaffinity(0)) >= 2:  # each rank on its own share of the CPUs
+        assert len(pinned) == 2 and not pinned[0] & pinned[1] and pinned[0] | pinned[1] == os.sched_getaffinity(0)
 
 
 INT8_BOUND = 1e-2
