@@ -60,9 +60,9 @@ log = get_logger("trainer")
 _READY_WAIT_S = 0.01
 """Right after a step, how long a rank whose ingest is not drained waits for its next batch (`_batch_wait_s`)."""
 _GAUGE_EVERY_S = 0.5
+"""Loss and progressive AUC/log-loss gauges are refreshed at most this often (and at every stop)."""
 AGREE_EVERY_STEPS = 8
 """Most steps one agreement covers under backlog (see the module doc); at most `prefetch_batches` + 1."""
-"""Loss and progressive AUC/log-loss gauges are refreshed at most this often (and at every stop)."""
 
 
 def pad_batch(
