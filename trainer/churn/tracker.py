@@ -207,8 +207,10 @@ class ChurnTracker:
         """Flush, publish what Redis takes, release the connection. Windows still waiting for other ranks
         are merged from the parts at hand."""
         self.flush()
+        progress: dict[int, int] = {}  # one read and one MGET for every window still waiting
+        fetched: dict[tuple[int, int], RankPart | None] = {}
         while self._waiting:
-            self._finalize_head(force=True, progress={})
+            self._finalize_head(force=True, progress=progress, fetched=fetched)
         if self._exchange is not None:
             self._exchange.flush()
             if self._exchange.pending:
@@ -232,7 +234,7 @@ class ChurnTracker:
                 self._exchange.drop_bulky_before(self._closed_starts[0])
         if self.world_size == 1:  # nothing to wait for: merge now; Redis gets it at the next poll
             while self._waiting:
-                self._finalize_head(force=False, progress={})
+                self._finalize_head(force=False, progress={}, fetched={})
         else:  # the other ranks wait for this part (finalize_grace_windows): publish it soon
             self._next_poll = min(self._next_poll, self._clock() + _PUBLISH_S)
 
@@ -248,12 +250,11 @@ class ChurnTracker:
             self._exchange.flush()
 
     def _finalize_head(
-        self, force: bool, progress: dict[int, int], fetched: dict[tuple[int, int], RankPart | None] | None = None
+        self, force: bool, progress: dict[int, int], fetched: dict[tuple[int, int], RankPart | None]
     ) -> bool:
         """Merge the oldest waiting window if every rank's part is there (or it is overdue); True if merged.
         `progress`: the other ranks' published progress, read from Redis into it when empty, and with it
         into `fetched` the parts of every waiting window all other ranks have published (one MGET)."""
-        fetched = {} if fetched is None else fetched
         head = self._waiting[0]
         parts = [head.part]
         remote: list[RankPart] = []
