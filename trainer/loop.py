@@ -253,9 +253,7 @@ class Trainer:
                 batch = self.ingest.get(timeout=0.0)
                 if batch is None:
                     raise TrainerError("a batch counted at the agreement left the ingest queue")
-                current, ahead = ahead, self.begin_step(batch, size=s.batch_size)
-                if current is not None:
-                    self.take_step(current)
+                ahead = self._train_behind(ahead, self.begin_step(batch, size=s.batch_size))
                 continue
             batch = self.ingest.get(timeout=self._batch_wait_s(busy=ahead is not None))
             drained = batch is None and self.ingest.drained.is_set() and self.ingest.queue.empty()
@@ -272,9 +270,8 @@ class Trainer:
             n_max, held_min, stop, all_drained, (checkpoint_due, full_due, delta_due, idle_done) = agreed
             if self.ctx.world_size > 1 and not stop:  # from agreed figures only: every rank covers as many
                 covered = max(min(held_min, AGREE_EVERY_STEPS) - 1, 0)
-            current, ahead = ahead, self.begin_step(batch, size=s.batch_size if covered else n_max) if n_max else None
-            if current is not None:
-                self.take_step(current)
+            begun = self.begin_step(batch, size=s.batch_size if covered else n_max) if n_max else None
+            ahead = self._train_behind(ahead, begun)
             if n_max:
                 idle_since = None
             elif s.stop_at_end and all_drained:  # nothing ahead, nothing in flight
@@ -296,6 +293,13 @@ class Trainer:
                 last_log = time.monotonic()
                 log_event(log, "progress", rank=self.ctx.rank, step=self.step, events=self.events,
                           **{k: round(v, 4) for k, v in self.progressive.snapshot().items()})  # fmt: skip
+
+    def _train_behind(self, current: Step | None, begun: Step | None) -> Step | None:
+        """Train `current` (the step begun an iteration ago, if any) now that `begun` is on its way;
+        `begun` is the step ahead."""
+        if current is not None:
+            self.take_step(current)
+        return begun
 
     def _batch_wait_s(self, busy: bool) -> float:
         """How long to wait for this rank's next batch. The step is collective: when one is due (`busy`:

@@ -37,7 +37,7 @@ def main() -> int:
 def _pin_cpu_rank(settings: TrainerSettings) -> None:
     import torch
 
-    if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+    if settings.device != "cpu" and torch.cuda.is_available():  # the rule `init_distributed` applies
         return
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     share = pin_local_rank(int(os.environ.get("LOCAL_RANK", "0")), local_world)

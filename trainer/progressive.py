@@ -167,22 +167,22 @@ class ProgressiveMetrics:
         if _world() == 1:
             self._reduced = self._figures(scores, labels, self._cumulative.local())
             return self._reduced
-        histogram = self._cumulative.packed()
-        keep = self._keep
-        local = torch.zeros(histogram.numel() + 1 + 2 * keep, dtype=torch.float64)
-        local[: histogram.numel()] = histogram
-        local[histogram.numel()] = scores.size
-        recent = local[histogram.numel() + 1 :].view(2, keep)
+        histogram, keep = self._cumulative.packed(), self._keep
+        h = histogram.numel()  # layout: histogram, then the recent pairs' count, then scores and labels
+        local = torch.zeros(h + 1 + 2 * keep, dtype=torch.float64)
+        local[:h] = histogram
+        local[h] = scores.size
+        recent = local[h + 1 :].view(2, keep)
         recent[0, : scores.size] = torch.from_numpy(scores)
         recent[1, : labels.size] = torch.from_numpy(labels)
         gathered = torch.empty(_world() * local.numel(), dtype=torch.float64)
         dist.all_gather_single(gathered, local)  # one collective for every figure
         per_rank = gathered.view(_world(), -1)
-        sizes = per_rank[:, histogram.numel()].long().tolist()
-        pairs = per_rank[:, histogram.numel() + 1 :].reshape(_world(), 2, keep)
+        sizes = per_rank[:, h].long().tolist()
+        pairs = per_rank[:, h + 1 :].reshape(_world(), 2, keep)
         scores = torch.cat([pairs[r, 0, :n] for r, n in enumerate(sizes)]).numpy()
         labels = torch.cat([pairs[r, 1, :n] for r, n in enumerate(sizes)]).numpy()
-        cumulative = histogram_figures(per_rank[:, : histogram.numel()].sum(dim=0))
+        cumulative = histogram_figures(per_rank[:, :h].sum(dim=0))
         self._reduced = self._figures(scores, labels, cumulative)
         return self._reduced
 
