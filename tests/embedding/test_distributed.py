@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from core.net import free_port
+from tests.ranks import spawn_ranks
 
 BLOCKS = 4
 
@@ -79,10 +79,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_dmp_table_wise_over_row_blocks_matches_unsharded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # spawned ranks unpickle _worker by module name (tests.embedding.test_distributed): give them the repo root
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_dmp_table_wise_over_row_blocks_matches_unsharded(tmp_path: Path) -> None:
+    spawn_ranks(_worker, 2, free_port(), str(tmp_path))
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["got"].shape == (16, 32)
@@ -140,9 +138,8 @@ def _robe_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_robe_array_is_a_sharded_table_trained_on_touched_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
-    mp.spawn(_robe_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_robe_array_is_a_sharded_table_trained_on_touched_rows(tmp_path: Path) -> None:
+    spawn_ranks(_robe_worker, 2, free_port(), str(tmp_path))
     results = [torch.load(tmp_path / f"robe{rank}.pt", weights_only=True) for rank in range(2)]
     for result in results:
         torch.testing.assert_close(result["got"], result["want"], rtol=1e-6, atol=1e-7)

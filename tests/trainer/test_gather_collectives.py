@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
 from core.net import free_port
+from tests.ranks import spawn_ranks
 from trainer.distributed import all_max, gather_mean_hook
 
 
@@ -48,7 +48,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_gathered_collectives_equal_the_all_reduces(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_rank, free_port(), str(tmp_path))
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
     for got in ranks:
         assert torch.equal(got["all_max"], got["all_reduce_max"])

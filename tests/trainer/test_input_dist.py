@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -19,6 +18,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from core.net import free_port
 from services.replay.reader import iter_events
+from tests.ranks import spawn_ranks
 from trainer.errors import TrainerError
 from trainer.ingest import Batch
 from trainer.input_dist import InputDistAhead, routed_module
@@ -113,7 +113,7 @@ def _rank(rank: int, port: int, out: str, redis_url: str) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_input_dist_ahead_trains_what_the_plain_step_trains(tmp_path: Path, redis_url: str) -> None:
-    mp.spawn(_rank, args=(free_port(), str(tmp_path), redis_url), nprocs=2, join=True)
+    spawn_ranks(_rank, free_port(), str(tmp_path), redis_url)
     for rank in (0, 1):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
         assert bool(got["refuses"]), "the hooked module must refuse a batch it did not start, then take the started one"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from core.net import free_port
+from tests.ranks import spawn_ranks
 from trainer.progressive import ProgressiveMetrics, log_loss, rank_auc
 
 WINDOW = 1000
@@ -43,7 +43,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_report_the_figures_over_all_events(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_rank, free_port(), str(tmp_path))
     scores, labels = _stream()
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
