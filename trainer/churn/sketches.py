@@ -225,10 +225,24 @@ def _finite(value: object) -> object:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+_FOLD_MIN_ENTRIES = 256
+
+
 class FeatureHistory:
     """What one feature's earlier windows left behind: their running union, the previous window and the
     new-ID cohorts of the last `history` windows. Memory is bounded by the sketch sizes, whatever the
-    vocabulary: union <= 2^union_lg_k entries, previous window and each cohort <= 2^lg_k entries."""
+    vocabulary: union <= 2 * 2^union_lg_k entries, previous window and each cohort <= 2^lg_k entries.
+
+    The running union is kept in two levels, `seen` and `recent` (the windows since the last fold),
+    because a union costs what its inputs hold: re-making `seen` with every window cost 5 ms per
+    feature at a full history, and a replay closes a window every batch. New IDs are the window minus
+    `seen` minus `recent`; `recent` is folded into `seen` once it holds a sixteenth of `seen`'s entries
+    (at least `_FOLD_MIN_ENTRIES`), so each window pays for the small level and, spread over the windows
+    of a fold, for the large one. `seen` after a fold is the very sketch the window-by-window unions made
+    (a union keeps the k smallest hashes below the smallest theta, whatever the order). A live window
+    of more IDs than that sixteenth folds at once, so its numbers are the one-level ones; a small
+    window's new IDs are exact below k and otherwise estimated at a theta no lower than the one-level
+    union's."""
 
     def __init__(self, feature: str, lg_k: int, union_lg_k: int, history: int, window_s: float) -> None:
         self.feature = feature
@@ -237,6 +251,7 @@ class FeatureHistory:
         self.window_ms = int(window_s * 1000)
         self.window_s = window_s
         self.seen: ds.compact_theta_sketch | None = None
+        self.recent: ds.compact_theta_sketch | None = None
         self.previous: ds.compact_theta_sketch | None = None
         self.previous_start: int | None = None
         self.cohorts: deque[tuple[int, ds.compact_theta_sketch]] = deque(maxlen=history)
@@ -244,7 +259,10 @@ class FeatureHistory:
     def advance(self, window: ds.theta_sketch, window_start_ms: int) -> FeatureWindowStats:
         """Compare `window` (the merged sketch of all ranks) with history, then make it history."""
         distinct = window.get_estimate()
-        new_ids = a_not_b(window, self.seen) if self.seen is not None else window
+        new_ids = window
+        for earlier in (self.seen, self.recent):
+            if earlier is not None:
+                new_ids = a_not_b(new_ids, earlier)
         new = new_ids.get_estimate()
         if self.previous is not None:
             vanished = a_not_b(self.previous, window).get_estimate()
@@ -260,10 +278,18 @@ class FeatureHistory:
         stats.survival = survival
         self.cohorts.append((window_start_ms, new_ids))
         self._lifetime(window, stats)
-        self.seen = window if self.seen is None else union([self.seen, window], self.union_lg_k)
+        self._remember(window)
         self.previous = window
         self.previous_start = window_start_ms
         return stats
+
+    def _remember(self, window: ds.theta_sketch) -> None:
+        if self.seen is None:
+            self.seen = window
+            return
+        self.recent = window if self.recent is None else union([self.recent, window], self.union_lg_k)
+        if self.recent.num_retained >= max(_FOLD_MIN_ENTRIES, self.seen.num_retained // 16):
+            self.seen, self.recent = union([self.seen, self.recent], self.union_lg_k), None
 
     def _lifetime(self, window: ds.theta_sketch, stats: FeatureWindowStats) -> None:
         if stats.distinct <= 0:
@@ -283,5 +309,5 @@ class FeatureHistory:
         stats.median_age_windows = cumulative_median
 
     def memory_bytes(self) -> int:
-        parts = [s for s in (self.seen, self.previous) if s is not None] + [c for _, c in self.cohorts]
+        parts = [s for s in (self.seen, self.recent, self.previous) if s is not None] + [c for _, c in self.cohorts]
         return sum(sketch_bytes(s) for s in parts)

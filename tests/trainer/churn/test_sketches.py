@@ -93,9 +93,42 @@ def test_history_counts_new_vanished_jaccard_and_ages_exactly_below_k() -> None:
     assert doc["new_rate"] == pytest.approx(200 / 60) and doc["age_shares"][0] == [0, 0.5]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 3000), max_size=120), min_size=1, max_size=40))
+def test_history_new_ids_are_exact_below_k_across_folds(windows: list[set[int]]) -> None:
+    """Exact mode (k above every set): new = the window minus every earlier window, before and after
+    the two levels fold, and `seen` plus `recent` hold every ID seen."""
+    history = FeatureHistory("f", lg_k=12, union_lg_k=12, history=3, window_s=1.0)
+    earlier: set[int] = set()
+    for w, ids in enumerate(windows):
+        stats = history.advance(_window(sorted(ids)), w * 1000)
+        assert stats.new == len(ids - earlier)
+        earlier |= ids
+        held = [s for s in (history.seen, history.recent) if s is not None]
+        assert union(held, 12).get_estimate() == len(earlier)
+
+
+def test_folded_history_is_the_window_by_window_union_in_estimation_mode() -> None:
+    """Beyond k: each fold leaves the very sketch that one union per window left (same hashes, same theta)."""
+    history = FeatureHistory("f", lg_k=8, union_lg_k=10, history=3, window_s=1.0)
+    rng = np.random.default_rng(7)
+    one_level = None
+    folds = 0
+    for w in range(300):
+        window = _window(rng.integers(0, 50_000, size=int(rng.integers(1, 200))).tolist(), lg_k=8)
+        history.advance(window, w * 1000)
+        one_level = window if one_level is None else union([one_level, window], 10)
+        if history.recent is None:
+            folds += 1
+            assert history.seen is not None
+            assert history.seen.theta64 == one_level.theta64
+            assert sorted(history.seen) == sorted(one_level)
+    assert 10 < folds < 290, f"{folds} folds in 300 windows: both levels must be exercised"
+
+
 def test_history_memory_is_bounded_by_the_sketch_sizes() -> None:
     history = FeatureHistory("f", lg_k=8, union_lg_k=10, history=3, window_s=1.0)
     for w in range(6):
         history.advance(_window(range(w * 5000, w * 5000 + 20_000), lg_k=8), w * 1000)
-    bound = 8 * (2**10 + 2**8 + 3 * 2**8) + 24 * 5
+    bound = 8 * (2 * 2**10 + 2**8 + 3 * 2**8) + 24 * 6
     assert history.memory_bytes() <= bound
