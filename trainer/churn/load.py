@@ -144,10 +144,13 @@ class RowTracker:
         if not self._window:
             return None
         parts, self._window = self._window, []
-        rows = np.unique(np.concatenate([r for r, _, _ in parts]))
+        sizes = [r.size for r, _, _ in parts]
+        byte = np.repeat(np.array([b for _, b, _ in parts], dtype=np.intp), sizes)
+        bit = np.repeat(np.array([b for _, _, b in parts], dtype=np.uint8), sizes)
+        # one sort for every feature's rows (a searchsorted per feature cost 4x more at batch 1024)
+        rows, slot = np.unique(np.concatenate([r for r, _, _ in parts]), return_inverse=True)
         bits = np.zeros((rows.size, self.width), dtype=np.uint8)
-        for feature_rows, byte, bit in parts:
-            bits[np.searchsorted(rows, feature_rows), byte] |= bit  # repeated rows write the same byte
+        np.bitwise_or.at(bits, (slot, byte), bit)
         return TouchedRows(rows, bits)
 
     def apply(self, window: TouchedRows, step: int) -> None:

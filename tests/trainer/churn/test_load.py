@@ -50,6 +50,32 @@ def test_table_rows_for_rejects_a_target_outside_0_1() -> None:
         table_rows_for(1.5, 100)
 
 
+@given(
+    st.integers(1, 20),
+    st.lists(st.tuples(st.integers(0, 19), st.lists(st.integers(0, 63), max_size=30)), max_size=25),
+)
+def test_a_window_holds_each_touched_row_once_with_the_bit_of_every_feature_that_touched_it(
+    n_features: int, touches: list[tuple[int, list[int]]]
+) -> None:
+    features = [f"f{i}" for i in range(n_features)]
+    tracker = RowTracker(features, table_rows=64)
+    want: dict[int, set[int]] = {}
+    for feature, rows in touches:
+        feature %= n_features
+        tracker.touch(features[feature], np.array(rows, dtype=np.int64))
+        for row in rows:
+            want.setdefault(row, set()).add(feature)
+    window = tracker.take_window()
+    if not want:
+        assert window is None
+        return
+    assert window is not None and window.rows.tolist() == sorted(want)
+    for row, bits in zip(window.rows.tolist(), window.bits, strict=True):
+        got = {i for i in range(n_features) if bits[i // 8] >> (i % 8) & 1}
+        assert got == want[row], row
+    assert tracker.take_window() is None
+
+
 def test_row_tracker_stale_share_per_feature() -> None:
     features = ["a", "b"] + [f"x{i}" for i in range(8)]  # two bytes per row: bits of a and b in the first
     tracker = RowTracker(features, table_rows=100)
