@@ -140,11 +140,21 @@ class RowTracker:
         self._window.append((rows.astype(np.uint32), byte, bit))
 
     def take_window(self) -> TouchedRows | None:
-        """The open window's touched rows, or None if nothing was touched; starts a new window."""
+        """The open window's touched rows, or None if nothing was touched; starts a new window.
+
+        Sorted when the window touched fewer rows than an eighth of the table (a replay's small windows:
+        the cost is what the window touched), else marked in a bitmap of the table (a live window of
+        millions of IDs: sorting 6.4M rows took 730 ms, the bitmap of 4M rows 210 ms)."""
         if not self._window:
             return None
         parts, self._window = self._window, []
         sizes = [r.size for r, _, _ in parts]
+        if sum(sizes) * 8 >= self.table_rows:  # a live window touching much of the table: a bitmap, not a sort
+            dense = np.zeros((self.table_rows, self.width), dtype=np.uint8)
+            for feature_rows, byte, bit in parts:
+                dense[feature_rows, byte] |= bit  # repeated rows write the same byte
+            rows = np.flatnonzero(dense.any(axis=1)).astype(np.uint32)
+            return TouchedRows(rows, dense[rows])
         byte = np.repeat(np.array([b for _, b, _ in parts], dtype=np.intp), sizes)
         bit = np.repeat(np.array([b for _, _, b in parts], dtype=np.uint8), sizes)
         # one sort for every feature's rows (a searchsorted per feature cost 4x more at batch 1024)

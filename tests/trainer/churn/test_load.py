@@ -53,12 +53,13 @@ def test_table_rows_for_rejects_a_target_outside_0_1() -> None:
 @given(
     st.integers(1, 20),
     st.lists(st.tuples(st.integers(0, 19), st.lists(st.integers(0, 63), max_size=30)), max_size=25),
+    st.sampled_from([64, 1 << 20]),  # a window touching much of the table (bitmap) or little of it (sort)
 )
 def test_a_window_holds_each_touched_row_once_with_the_bit_of_every_feature_that_touched_it(
-    n_features: int, touches: list[tuple[int, list[int]]]
+    n_features: int, touches: list[tuple[int, list[int]]], table_rows: int
 ) -> None:
     features = [f"f{i}" for i in range(n_features)]
-    tracker = RowTracker(features, table_rows=64)
+    tracker = RowTracker(features, table_rows=table_rows)
     want: dict[int, set[int]] = {}
     for feature, rows in touches:
         feature %= n_features
