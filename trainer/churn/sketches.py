@@ -231,7 +231,8 @@ _FOLD_MIN_ENTRIES = 256
 class FeatureHistory:
     """What one feature's earlier windows left behind: their running union, the previous window and the
     new-ID cohorts of the last `history` windows. Memory is bounded by the sketch sizes, whatever the
-    vocabulary: union <= 2 * 2^union_lg_k entries, previous window and each cohort <= 2^lg_k entries.
+    vocabulary: union <= 2^union_lg_k entries plus, between windows, fewer than max(256, 2^union_lg_k / 16)
+    in its second level; previous window and each cohort <= 2^lg_k entries.
 
     The running union is kept in two levels, `seen` and `recent` (the windows since the last fold),
     because a union costs what its inputs hold: re-making `seen` with every window cost 5 ms per

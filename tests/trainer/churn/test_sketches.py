@@ -130,5 +130,5 @@ def test_history_memory_is_bounded_by_the_sketch_sizes() -> None:
     history = FeatureHistory("f", lg_k=8, union_lg_k=10, history=3, window_s=1.0)
     for w in range(6):
         history.advance(_window(range(w * 5000, w * 5000 + 20_000), lg_k=8), w * 1000)
-    bound = 8 * (2 * 2**10 + 2**8 + 3 * 2**8) + 24 * 6
+    bound = 8 * (2**10 + 256 + 2**8 + 3 * 2**8) + 24 * 6
     assert history.memory_bytes() <= bound
