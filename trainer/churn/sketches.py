@@ -240,10 +240,10 @@ class FeatureHistory:
     `seen` minus `recent`; `recent` is folded into `seen` once it holds a sixteenth of `seen`'s entries
     (at least `_FOLD_MIN_ENTRIES`), so each window pays for the small level and, spread over the windows
     of a fold, for the large one. `seen` after a fold is the very sketch the window-by-window unions made
-    (a union keeps the k smallest hashes below the smallest theta, whatever the order). A live window
-    of more IDs than that sixteenth folds at once, so its numbers are the one-level ones; a small
-    window's new IDs are exact below k and otherwise estimated at a theta no lower than the one-level
-    union's."""
+    (a union keeps the k smallest hashes below the smallest theta, whatever the order). Live windows
+    each holding more than that sixteenth fold every time, so their numbers are the one-level ones;
+    a small window's new IDs are exact below k and otherwise estimated at a theta no lower than the
+    one-level union's."""
 
     def __init__(self, feature: str, lg_k: int, union_lg_k: int, history: int, window_s: float) -> None:
         self.feature = feature
