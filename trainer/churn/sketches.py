@@ -299,7 +299,12 @@ class FeatureHistory:
         cumulative_median: int | None = None
         for cohort_start, cohort in reversed(self.cohorts):
             age = (stats.window_start_ms - cohort_start) // self.window_ms
-            overlap = stats.new if age == 0 else intersection(cohort, window).get_estimate()
+            if age == 0:
+                overlap = stats.new
+            elif not cohort.num_retained:  # no new IDs that window (most, late in a replay): nothing to meet
+                overlap = 0.0
+            else:
+                overlap = intersection(cohort, window).get_estimate()
             share = overlap / stats.distinct
             share = min(max(share, 0.0), 1.0)
             stats.age_shares.append((int(age), share))

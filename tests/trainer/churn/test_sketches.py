@@ -100,9 +100,15 @@ def test_history_new_ids_are_exact_below_k_across_folds(windows: list[set[int]])
     the two levels fold, and `seen` plus `recent` hold every ID seen."""
     history = FeatureHistory("f", lg_k=12, union_lg_k=12, history=3, window_s=1.0)
     earlier: set[int] = set()
+    cohorts: list[set[int]] = []  # the new IDs of each window
     for w, ids in enumerate(windows):
         stats = history.advance(_window(sorted(ids)), w * 1000)
         assert stats.new == len(ids - earlier)
+        cohorts.append(ids - earlier)
+        if ids:  # ages of the last 3 cohorts, an empty one included, newest first
+            want = [(age, len(cohorts[w - age] & ids) / len(ids)) for age in range(min(3, w + 1))]
+            assert [age for age, _ in stats.age_shares] == [age for age, _ in want]
+            assert [share for _, share in stats.age_shares] == pytest.approx([share for _, share in want])
         earlier |= ids
         held = [s for s in (history.seen, history.recent) if s is not None]
         assert union(held, 12).get_estimate() == len(earlier)
