@@ -27,7 +27,7 @@ from bench.report import RESULTS_DIR, machine_load, write_results
 from embedding.hashing import splitmix64
 from embedding.schema import FeatureSchema, parse_schema
 from trainer.churn import ChurnSettings, ChurnTracker
-from trainer.churn.sketches import THETA_SEED, FeatureHistory, WindowSketch, a_not_b, union
+from trainer.churn.sketches import THETA_SEED, FeatureHistory, WindowSketch, a_not_b, fold_entries, union
 
 console = Console()
 MIB = 2**20
@@ -223,7 +223,7 @@ def main() -> None:
     acc = accuracy(args.seeds)
 
     s = ChurnSettings()
-    union_entries = 2**s.union_lg_k + max(256, 2**s.union_lg_k // 16)  # both levels of the union
+    union_entries = 2**s.union_lg_k + fold_entries(2**s.union_lg_k)  # both levels of the union
     per_feature = 8 * (2 ** (s.lg_k + 1) + union_entries + (1 + s.history_windows) * 2**s.lg_k)
     per_feature += 8 * 2**s.lg_k * (s.finalize_grace_windows + 1)
     rows_bound = args.table_rows * (4 + 2 * 1)

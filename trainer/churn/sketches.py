@@ -228,6 +228,12 @@ def _finite(value: object) -> object:
 _FOLD_MIN_ENTRIES = 256
 
 
+def fold_entries(seen_entries: int) -> int:
+    """Entries at which `FeatureHistory`'s second level folds into a first level of `seen_entries`
+    (a sixteenth of it, at least `_FOLD_MIN_ENTRIES`): the most the second level holds between windows."""
+    return max(_FOLD_MIN_ENTRIES, seen_entries // 16)
+
+
 class FeatureHistory:
     """What one feature's earlier windows left behind: their running union, the previous window and the
     new-ID cohorts of the last `history` windows. Memory is bounded by the sketch sizes, whatever the
@@ -289,7 +295,7 @@ class FeatureHistory:
             self.seen = window
             return
         self.recent = window if self.recent is None else union([self.recent, window], self.union_lg_k)
-        if self.recent.num_retained >= max(_FOLD_MIN_ENTRIES, self.seen.num_retained // 16):
+        if self.recent.num_retained >= fold_entries(self.seen.num_retained):
             self.seen, self.recent = union([self.seen, self.recent], self.union_lg_k), None
 
     def _lifetime(self, window: ds.theta_sketch, stats: FeatureWindowStats) -> None:
