@@ -1,6 +1,7 @@
 """The input distribution started one batch ahead (`InputDistAhead`) trains bit for bit what the plain
 step trains, on a real 2-rank gloo group with the trainer's own model, padding and an all-padding rank;
-and the hooked module refuses a batch other than the one started."""
+at world size 1 the path without distributions trains bit for bit what TorchRec's forward trains; and
+the hooked module refuses a batch other than the one started."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -76,7 +78,10 @@ def _train(rank: int, home: Path, redis_url: str, ahead: bool) -> dict[str, torc
         logits = trainer.model(probe.staged.sparse, probe.staged.dense)
     trainer.churn.close()
     dense = {f"dense{i}": p.detach().clone() for i, p in enumerate(trainer.dense_opt.param_groups[0]["params"])}
-    return {"logits": logits, "events": torch.tensor(trainer.events), **dense}
+    tables = {f"{k}.{i}": shard.tensor.detach().clone() for k, v in trainer.unified.ebc.state_dict().items()
+              if isinstance(v, ShardedTensor) for i, shard in enumerate(v.local_shards())}  # fmt: skip
+    local = torch.tensor(trainer.input_dist.local)
+    return {"logits": logits, "events": torch.tensor(trainer.events), "local": local, **dense, **tables}
 
 
 def _refuses_another_batch() -> bool:
@@ -97,10 +102,10 @@ def _refuses_another_batch() -> bool:
     return refused and same and ahead.in_flight == 0
 
 
-def _rank(rank: int, port: int, out: str, redis_url: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+def _rank(rank: int, port: int, out: str, redis_url: str, world_size: int = 2) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         result = {f"plain.{k}": v for k, v in _train(rank, Path(out) / f"rank{rank}", redis_url, False).items()}
         result |= {f"ahead.{k}": v for k, v in _train(rank, Path(out) / f"rank{rank}", redis_url, True).items()}
@@ -116,9 +121,24 @@ def test_input_dist_ahead_trains_what_the_plain_step_trains(tmp_path: Path, redi
     spawn_ranks(_rank, free_port(), str(tmp_path), redis_url)
     for rank in (0, 1):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
-        assert bool(got["refuses"]), "the hooked module must refuse a batch it did not start, then take the started one"
-        assert int(got["plain.events"]) == sum(s[rank] for s in SIZES)
-        names = [k.removeprefix("plain.") for k in got if k.startswith("plain.")]
-        assert len(names) > 3
-        for name in names:
-            assert torch.equal(got[f"ahead.{name}"], got[f"plain.{name}"]), f"rank {rank}: {name}"
+        assert not bool(got["ahead.local"]), "2 ranks distribute their batches"
+        _assert_same_training(got, rank)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_one_rank_skips_the_distributions_and_trains_what_torchrec_trains(tmp_path: Path, redis_url: str) -> None:
+    spawn_ranks(_rank, free_port(), str(tmp_path), redis_url, 1, nprocs=1)
+    got = load_file(str(tmp_path / "rank0.safetensors"))
+    assert bool(got["ahead.local"]), "world size 1: the batches skip TorchRec's distributions"
+    _assert_same_training(got, 0)
+
+
+def _assert_same_training(got: dict[str, torch.Tensor], rank: int) -> None:
+    assert bool(got["refuses"]), "the hooked module must refuse a batch it did not start, then take the started one"
+    assert int(got["plain.events"]) == sum(s[rank] for s in SIZES)
+    names = [k.removeprefix("plain.") for k in got if k.startswith("plain.") and k != "plain.local"]
+    assert len(names) > 3
+    assert rank or any("embedding_bags" in n for n in names), f"rank 0 holds the table's shard: {names}"
+    for name in names:
+        assert torch.equal(got[f"ahead.{name}"], got[f"plain.{name}"]), f"rank {rank}: {name}"
