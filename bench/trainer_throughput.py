@@ -180,7 +180,7 @@ def defaults() -> dict[str, Any]:
 
     s = TrainerSettings()
     return {"batch_size": s.batch_size, "max_wait_ms": s.max_wait_ms, "threads": s.threads,
-            "method_args": s.model.method_args}  # fmt: skip
+            "method_args": s.model.method_args, "ingest_process": s.ingest_process}  # fmt: skip
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,7 +222,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     for b, ingest in sweep_points(args):
                         for ranks in (1, 2):
                             home = root / f"s{b}-{ranks}-{ingest}-{r}"
-                            settings = {"ingest_process": "true"} if ingest == "process" else {}
+                            settings = {"ingest_process": "true" if ingest == "process" else "false"}
                             rate = kafka_rate(kafka.address, redis.address, topic, home, ranks, b, settings)
                             runs["kafka_sweep"].append({"batch_size": b, "ranks": ranks, "ingest": ingest, **rate})
                             print(f"sweep batch {b}, {ranks} ranks, ingest {ingest}: {rate['events_per_s']:,.0f}/s",
@@ -291,7 +291,10 @@ def render(data: dict[str, Any]) -> str:
             f"{run['created']}; MovieLens-100k, first {run['events']:,} ratings; median of {run['repeats']} "
             f"repeats; {run['cores']} cores; load average {run['load_before']} before, {run['load_after']} after; "
             f"trainer defaults: batch {d['batch_size']}, max wait {d['max_wait_ms']} ms, "
-            f"method args {d['method_args']}.",
+            f"method args {d['method_args']}"
+            + (", ingest process unset (a child where the rank has 2 CPUs or more: 1 rank here; 2 ranks "
+               "pinned to one core each keep the thread)" if "ingest_process" in d and d["ingest_process"] is None
+               else "") + ".",
             "",
             "| batch | (a) peer events/s | (b) step events/s | (b)/(a) | featurize events/s |",
             "|---:|---:|---:|---:|---:|",

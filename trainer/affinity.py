@@ -39,3 +39,13 @@ def pin_local_rank(local_rank: int, local_world: int) -> set[int] | None:
     share = cpu_share(sorted(allowed), local_rank, local_world)
     os.sched_setaffinity(0, share)
     return share
+
+
+def wants_ingest_process(setting: bool | None) -> bool:
+    """`TrainerSettings.ingest_process`, unset resolved: a child process when this process (pinned or
+    not) may run on at least 2 CPUs, one for training and one for the child; a thread of the rank when
+    it has one CPU, where a child would only take turns with training on that core."""
+    if setting is not None:
+        return setting
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus >= 2

@@ -42,6 +42,7 @@ from embedding.methods import UnifiedEmbedding
 from embedding.methods.unified import Routed
 from embedding.model import build_model
 from embedding.schema import FeatureSchema, load_schema
+from trainer.affinity import wants_ingest_process
 from trainer.checkpoint import CheckpointClock, CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.churn import ChurnSettings, ChurnTracker, fingerprints_of, rows_of
 from trainer.device import DeviceBatch, HostToDevice
@@ -207,7 +208,7 @@ class Trainer:
         def on_dead_letter(reason: str) -> None:
             m.dlq.labels(reason=reason).inc()
 
-        if s.ingest_process:
+        if wants_ingest_process(s.ingest_process):
             child, self.ingest_child = self.ingest_child or IngestProcess(ingest_spec(s)), None
             return child.open(ctx.rank, ctx.world_size, start_offsets, s.start_from, s.prefetch_batches,
                               self.stage, on_lag, on_dead_letter)  # fmt: skip

@@ -9,7 +9,7 @@ import os
 import traceback
 
 from core.logs import configure_logging, get_logger, log_event
-from trainer.affinity import pin_local_rank
+from trainer.affinity import pin_local_rank, wants_ingest_process
 from trainer.lifetime import die_with_parent, exit_rank
 from trainer.settings import TrainerSettings
 
@@ -25,7 +25,7 @@ def main() -> int:
     # ~/.cache; keep it in the project's home with everything else of ours
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home / "cache" / "matplotlib"))
     child = None
-    if settings.ingest_process:  # spawned before the trainer is built: its start-up overlaps that
+    if wants_ingest_process(settings.ingest_process):  # spawned before the trainer is built: start-ups overlap
         from trainer.ingest_process import IngestProcess, ingest_spec
 
         child = IngestProcess(ingest_spec(settings))

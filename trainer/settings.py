@@ -63,9 +63,12 @@ class TrainerSettings(CommonSettings):
     sparse_lr: float = Field(0.1, gt=0)
     dense_lr: float = Field(2e-3, gt=0)
     prefetch_batches: int = Field(8, ge=1)
-    ingest_process: bool = False
+    ingest_process: bool | None = None
     """Poll, decode, featurize and hash in a child process per rank (`trainer/ingest_process.py`)
-    instead of a thread of the rank, so kafka-python's Python does not take the training thread's GIL."""
+    instead of a thread of the rank, so kafka-python's Python does not take the training thread's GIL.
+    Unset: a child where the rank has a CPU to spare for it (`trainer.affinity.wants_ingest_process`).
+    From Kafka on 2 cores (bench/trainer_throughput.py): 1 rank 18,500 events/s with the child against
+    14,200 with the thread; 2 ranks, one core each, 13,800 with children against 14,500 with threads."""
     fetch_max_wait_ms: int = Field(50, ge=0)
     """kafka-python `fetch_max_wait_ms`: how long the broker may hold a fetch for data to arrive."""
     max_poll_records: int = Field(0, ge=0)

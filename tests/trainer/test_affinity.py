@@ -1,4 +1,5 @@
-"""Each local rank's CPU share: disjoint, covering, even; and pinning that leaves one rank alone."""
+"""Each local rank's CPU share: disjoint, covering, even; pinning that leaves one rank alone; and the
+ingest child taken only where the rank has a CPU to spare."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainer.affinity import cpu_share, pin_local_rank
+from trainer.affinity import cpu_share, pin_local_rank, wants_ingest_process
 
 
 @st.composite
@@ -40,3 +41,12 @@ def test_one_local_rank_is_not_pinned() -> None:
     before = os.sched_getaffinity(0)
     assert pin_local_rank(0, 1) is None
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [({0}, False), ({0, 1}, True), ({2, 5, 7, 9}, True)])
+def test_ingest_process_unset_takes_a_child_only_with_a_cpu_to_spare(
+    cpus: set[int], expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cpus, raising=False)
+    assert wants_ingest_process(None) is expected
+    assert wants_ingest_process(True) is True and wants_ingest_process(False) is False, "a set value is kept"
