@@ -299,7 +299,7 @@ def render(data: dict[str, Any]) -> str:
             "| batch | (a) peer events/s | (b) step events/s | (b)/(a) | featurize events/s |",
             "|---:|---:|---:|---:|---:|",
         ]
-        for b, row in s["batch"].items():
+        for b, row in sorted(s["batch"].items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {b} | {_f(row['peer'])} | {_f(row['step'])} | {row['step_over_peer']:.2f} | "
                          f"{_f(row['featurize'])} |")  # fmt: skip
         if "ceiling" in s:
