@@ -140,10 +140,13 @@ def table_constraints(model: DCNModel, device: torch.device) -> dict[str, Parame
 
 class _NoDataParallel(DataParallelWrapper):
     """One rank: dense parameters stay unwrapped (DDP would all-reduce gradients with itself);
-    parameter and state-dict names are the same as under DDP, so checkpoints move between world sizes."""
+    parameter and state-dict names are the same as under DDP, so checkpoints move between world sizes.
+
+    DMP places only the sharded tables; TorchRec's DDP wrapper is what moves the dense network to
+    `device`, so without it the move is done here (else a CUDA rank's dense layers stay on the CPU)."""
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
-        return None
+        dmp._dmp_wrapped_module.to(device)
 
 
 def shard_model(

@@ -34,8 +34,23 @@ def send(bootstrap: str, topic: str, payloads: Iterable[bytes | Event], partitio
     return n
 
 
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def no_rendezvous_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No torch.distributed rendezvous variables during the test, and none left after it: an
+    in-process trainer writes them (`init_distributed`), and a later test's trainer subprocess that
+    inherited them would join a finished group's port."""
+    for var in RENDEZVOUS:
+        monkeypatch.setenv(var, "")  # set, then delete: monkeypatch restores the absence afterwards
+        monkeypatch.delenv(var)
+
+
 def trainer_env(home: Path, bootstrap: str, topic: str, **settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIREC_")}
+    """The environment of a `unirec train` subprocess: this one's, without UNIREC_ settings and
+    rendezvous variables (the launcher sets its own), plus the test's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIREC_") and k not in RENDEZVOUS}
     env.update(
         UNIREC_HOME=str(home),
         UNIREC_KAFKA_BOOTSTRAP=bootstrap,

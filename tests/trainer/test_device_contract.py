@@ -57,8 +57,9 @@ def test_backend_strings_map_devices_like_torch() -> None:
 
 @pytest.mark.integration
 def test_every_collective_of_a_real_run_has_a_backend_for_its_device(
-    tmp_path: Path, kafka_bootstrap: str, redis_url: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, topic_name: str, monkeypatch: pytest.MonkeyPatch,
+    no_rendezvous_env: None,
+) -> None:  # fmt: skip
     from trainer.loop import Trainer
     from trainer.settings import TrainerSettings
 
@@ -82,11 +83,6 @@ def test_every_collective_of_a_real_run_has_a_backend_for_its_device(
 
     for name in COLLECTIVES:
         monkeypatch.setattr(dist, name, spy(name, getattr(dist, name)))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        # set, then delete: monkeypatch then restores the variable's absence too, so the rendezvous
-        # variables the in-process trainer writes never leak into later tests' subprocesses
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
     settings = TrainerSettings(
         home=tmp_path,
         kafka_bootstrap=kafka_bootstrap,
@@ -109,3 +105,19 @@ def test_every_collective_of_a_real_run_has_a_backend_for_its_device(
     assert not unserved, f"collectives on devices the CUDA process group has no backend for: {unserved}"
     pure_nccl = backend_devices("nccl")
     assert any(device not in pure_nccl for _, device in seen), "a pure NCCL group would have to fail this check"
+
+
+def test_one_rank_wrapper_places_the_dense_network_on_the_rank_device() -> None:
+    """At one rank no DDP wraps the dense network, and DDP's wrapper is what moved it to the device
+    in TorchRec: the one-rank wrapper must move it itself (on CUDA its layers stayed on the CPU).
+    The `meta` device stands in for CUDA here."""
+    from types import SimpleNamespace
+
+    from trainer.distributed import _NoDataParallel
+
+    dense = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    dmp = SimpleNamespace(_dmp_wrapped_module=dense)
+    _NoDataParallel().wrap(dmp, env=None, device=torch.device("meta"))  # type: ignore[arg-type]
+    assert dmp._dmp_wrapped_module is dense, "unwrapped: names stay those of the module"
+    placed = {name: t.device.type for name, t in [*dense.named_parameters(), *dense.named_buffers()]}
+    assert set(placed.values()) == {"meta"}, placed

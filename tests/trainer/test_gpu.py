@@ -14,7 +14,7 @@ from trainer.loop import pad_batch
 pytestmark = pytest.mark.gpu
 
 
-def test_row_wise_plan_and_training_steps_on_cuda() -> None:
+def test_row_wise_plan_and_training_steps_on_cuda(no_rendezvous_env: None) -> None:
     ctx = init_distributed(prefer_cuda=True)
     try:
         assert ctx.backend == "cpu:gloo,cuda:nccl" and ctx.device.type == "cuda"

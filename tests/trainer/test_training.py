@@ -163,7 +163,7 @@ DEVICES = [
 @pytest.mark.parametrize(("device", "nproc", "ingest_process"), DEVICES)
 def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
     kafka_bootstrap: str, redis_url: str, topic_name: str, tmp_path: Path, device: str, nproc: int,
-    ingest_process: bool, monkeypatch: pytest.MonkeyPatch,
+    ingest_process: bool, no_rendezvous_env: None,
 ) -> None:  # fmt: skip
     create_topic(kafka_bootstrap, topic_name, 2)
     first = synthetic_events(4000)
@@ -210,7 +210,7 @@ def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
     final = latest_checkpoint(tmp_path / "checkpoints")
     assert final is not None and read_meta(final).events == len(everything)
     probe = synthetic_events(256, start=7000)
-    expected = trainer_probabilities(tmp_path, redis_url, device, final, probe, monkeypatch)
+    expected = trainer_probabilities(tmp_path, redis_url, device, final, probe)
     manifest = export_checkpoint(final, "int8", TrainerSettings(home=tmp_path, redis_url="redis://127.0.0.1:1/0"))
     served = load_serving_model(open_store(tmp_path / "models"), manifest.version)
     got = served.predict(Featurizer(served.schema)(probe))
@@ -219,17 +219,15 @@ def test_sigkill_then_resume_trains_every_event_once_after_the_checkpoint(
     assert delta < INT8_BOUND, f"served int8 vs trainer on {device}: max |dp| = {delta}"
 
 
-def trainer_probabilities(home: Path, redis_url: str, device: str, checkpoint: Path, events: list[Event],
-                          monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:  # fmt: skip
+def trainer_probabilities(
+    home: Path, redis_url: str, device: str, checkpoint: Path, events: list[Event]
+) -> torch.Tensor:
     """The trainer's predictions (on CPU) for `events`: a one-rank `Trainer` on `device` restores
     `checkpoint` and scores them through its own prepare -> stage -> model path."""
     import torch.distributed as dist
 
     from trainer.loop import Trainer
 
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(var, "")  # set, then delete: monkeypatch restores the absence afterwards
-        monkeypatch.delenv(var)
     threads = torch.get_num_threads()
     settings = TrainerSettings(home=home / "probe", redis_url=redis_url, metrics_port=0, export_every_s=0,
                                delta_every_s=0, checkpoint_dir=checkpoint.parent, device=device)  # fmt: skip
